@@ -1,0 +1,35 @@
+"""pytest-istio-mtls: prove which connections of an Istio mesh succeed, fail, or are mutually-TLS encrypted.
+
+The public API is small on purpose: load a scenario, ask the oracle, judge an observation.
+Everything else is reached through ``pytest --istio-scenarios`` and the fixtures
+(``istio_mesh``, ``istio_policies``, ``istio_probe``).
+"""
+
+from ._version import __version__
+from .diagnostics import Diagnostic, ScenarioError
+from .model import Expectation, MeshSettings, Result, Scenario, Topology, Workload, default_topology
+from .observation import Observation, Probe
+from .scenario import load_scenario
+from .semantics import Prediction, predict, predict_all
+from .verdict import Verdict, decide
+
+__all__ = [
+    "Diagnostic",
+    "Expectation",
+    "MeshSettings",
+    "Observation",
+    "Prediction",
+    "Probe",
+    "Result",
+    "Scenario",
+    "ScenarioError",
+    "Topology",
+    "Verdict",
+    "Workload",
+    "__version__",
+    "decide",
+    "default_topology",
+    "load_scenario",
+    "predict",
+    "predict_all",
+]

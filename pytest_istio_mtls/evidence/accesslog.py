@@ -1,0 +1,51 @@
+"""The JSON access-log format both backends configure on their sidecars, and its reader.
+
+The same keys are set on the local Envoy sidecars and, through meshConfig.accessLogFormat, on a
+real Istio mesh, so the joins below (probe ↔ connection ↔ peer identity) work on both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+# key → Envoy command operator
+FORMAT: dict[str, str] = {
+    "marker": "%REQ(X-ISTIO-MTLS-PROBE)%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
+    "downstream_tls_version": "%DOWNSTREAM_TLS_VERSION%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+}
+
+
+def parse(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """JSON lines to dicts; lines that are not JSON objects (other log output) are skipped."""
+    entries: list[dict[str, Any]] = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def matching(entries: Iterable[dict[str, Any]], **fields: str) -> list[dict[str, Any]]:
+    """Entries whose fields equal every given value (e.g. ``downstream_remote_address="10.0.0.3:4242"``)."""
+    return [e for e in entries if all(str(e.get(k, "")) == v for k, v in fields.items())]

@@ -1,0 +1,263 @@
+"""The scenario model: topology, policies and expectations, after validation.
+
+Plain frozen dataclasses with no behaviour beyond naming: every backend, the oracle and the
+reports read the same objects. Workloads are referred to as ``name.namespace`` like Istio's docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from .diagnostics import Diagnostic, Mark
+
+Protocol = Literal["http", "tcp"]
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+
+class Result(str, Enum):
+    """What a client experiences on one connection; the coarse values cover several fine ones."""
+
+    MTLS = "mtls"
+    PLAINTEXT = "plaintext"
+    REFUSED = "refused"
+    UNAVAILABLE = "unavailable"
+    DENIED = "denied"
+    ALLOWED = "allowed"
+    BLOCKED = "blocked"
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def concrete(self) -> bool:
+        return self in CONCRETE_RESULTS
+
+    def covers(self, observed: Result) -> bool:
+        """Does an expectation of ``self`` accept an observation of ``observed``?"""
+        if self is Result.ALLOWED:
+            return observed in (Result.MTLS, Result.PLAINTEXT)
+        if self is Result.BLOCKED:
+            return observed in (Result.REFUSED, Result.UNAVAILABLE, Result.DENIED)
+        return self is observed and self is not Result.UNKNOWN
+
+
+CONCRETE_RESULTS = (Result.MTLS, Result.PLAINTEXT, Result.REFUSED, Result.UNAVAILABLE, Result.DENIED)
+EXPECTABLE_RESULTS = (*CONCRETE_RESULTS, Result.ALLOWED, Result.BLOCKED)
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    port: int  # the Service port: what clients dial and what DestinationRule port settings key on
+    target_port: int  # the container port: what PeerAuthentication portLevelMtls keys on
+    protocol: Protocol = "http"
+
+
+@dataclass(frozen=True, eq=False)
+class Workload:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    service_account: str
+    sidecar: bool
+    ports: tuple[Port, ...] = ()
+    ambient: bool = False
+    mark: Mark | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}.{self.namespace}"
+
+    @property
+    def host(self) -> str:
+        """The Service's cluster-local FQDN, as Istio names outbound clusters."""
+        return f"{self.name}.{self.namespace}.{CLUSTER_DOMAIN}"
+
+    def spiffe(self, trust_domain: str = "cluster.local") -> str:
+        return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    @property
+    def is_server(self) -> bool:
+        return bool(self.ports)
+
+    def port(self, key: int | str) -> Port | None:
+        for port in self.ports:
+            if key in (port.port, port.name):
+                return port
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Workload) and other.ref == self.ref
+
+    def __hash__(self) -> int:
+        return hash(self.ref)
+
+    def __repr__(self) -> str:
+        return f"Workload({self.ref})"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    sidecars: bool
+    ambient: bool = False
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespaces: tuple[Namespace, ...]
+    workloads: tuple[Workload, ...]
+
+    def workload(self, ref: str) -> Workload | None:
+        for workload in self.workloads:
+            if workload.ref == ref:
+                return workload
+        return None
+
+    def namespace(self, name: str) -> Namespace | None:
+        for namespace in self.namespaces:
+            if namespace.name == name:
+                return namespace
+        return None
+
+    @property
+    def servers(self) -> tuple[Workload, ...]:
+        return tuple(w for w in self.workloads if w.is_server)
+
+    def signature(self) -> tuple[Any, ...]:
+        """Equal for topologies that deploy the same pods, so a backend can reuse them."""
+        return tuple(
+            (w.ref, tuple(sorted(w.labels.items())), w.service_account, w.sidecar, w.ambient, w.ports)
+            for w in self.workloads
+        )
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    auto_mtls: bool = True  # meshConfig.enableAutoMtls
+    root_namespace: str = "istio-system"  # meshConfig.rootNamespace
+    trust_domain: str = "cluster.local"
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """One Istio resource exactly as the user wrote it, plus where it came from."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    manifest: Mapping[str, Any]  # the whole object, as it would be kubectl-applied
+    order: int  # creation order: earlier in the file is older (Istio: the oldest wins ties)
+    mark: Mark
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec = self.manifest.get("spec")
+        return spec if isinstance(spec, Mapping) else {}
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/")[0]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        selector = self.spec.get("selector") or self.spec.get("workloadSelector") or {}
+        labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
+        return labels if isinstance(labels, Mapping) else {}
+
+    def selects(self, workload: Workload) -> bool:
+        """Label-selector match: same namespace and the selector is a subset of the pod's labels."""
+        if workload.namespace != self.namespace:
+            return False
+        return all(workload.labels.get(k) == str(v) for k, v in self.selector.items())
+
+    def __repr__(self) -> str:
+        return f"Policy({self.ref})"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str = "GET"
+    path: str = "/headers"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self == Request()
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.path}"
+
+    def __hash__(self) -> int:
+        return hash((self.method, self.path, tuple(sorted(self.headers.items())), self.body))
+
+
+def pair_id(source: Workload, target: Workload, port: Port, request: Request) -> str:
+    """``from->to:port`` (plus ``[METHOD /path]`` for a non-default request): the stable id of a probe,
+    used as the pytest item name and the report row key."""
+    text = f"{source.ref}->{target.ref}:{port.port}"
+    if not request.is_default:
+        text += f"[{request.label}]"
+    return text
+
+
+@dataclass(frozen=True)
+class Expectation:
+    source: Workload
+    target: Workload
+    port: Port
+    result: Result
+    request: Request = field(default_factory=Request)
+    status: int | None = None
+    mark: Mark | None = None
+    reason: str = ""  # for derived rows: the oracle's reason
+
+    @property
+    def pair(self) -> str:
+        return pair_id(self.source, self.target, self.port, self.request)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: Path
+    description: str = ""
+    mesh: MeshSettings = field(default_factory=MeshSettings)
+    topology: Topology = field(default_factory=lambda: Topology((), ()))
+    policies: tuple[Policy, ...] = ()
+    expectations: tuple[Expectation, ...] = ()
+    derived: bool = False
+    warnings: tuple[Diagnostic, ...] = ()
+
+    def policies_of(self, kind: str) -> tuple[Policy, ...]:
+        return tuple(p for p in self.policies if p.kind == kind)
+
+
+def default_topology() -> Topology:
+    """The topology used when a scenario has none: the seed's app plus a non-mesh client and server."""
+
+    def workload(name: str, namespace: str, sidecar: bool, server: bool) -> Workload:
+        ports = (Port("http", 8080, 8080, "http"),) if server else ()
+        return Workload(name, namespace, {"app": name}, name, sidecar, ports)
+
+    return Topology(
+        namespaces=(Namespace("app", True), Namespace("legacy", False)),
+        workloads=(
+            workload("frontend", "app", True, True),
+            workload("backend", "app", True, True),
+            workload("plaintext", "legacy", False, False),
+            workload("legacy", "legacy", False, True),
+        ),
+    )

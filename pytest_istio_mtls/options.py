@@ -1,0 +1,222 @@
+"""The plugin's options: one table, each with a command-line flag, an env-var twin and an ini key.
+
+Precedence, highest first: command line, ``ISTIO_MTLS_*`` environment variable, ini file,
+default. Values from the environment and ini are validated here too, because argparse only
+checks the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BACKENDS = ("kind", "existing", "local")
+KEEP = ("never", "on-failure", "always")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # --istio-backend
+    dest: str  # istio_backend (also the ini key)
+    help: str
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    kind: str = "str"  # str | bool | paths
+
+    @property
+    def env(self) -> str:
+        return "ISTIO_MTLS_" + self.dest.removeprefix("istio_").upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--istio-scenarios", "istio_scenarios",
+           "collect scenario files as tests: files or directories, or 'builtin' for the library shipped with "
+           "the plugin (default with no PATH: ini istio_scenarios, else <rootdir>/scenarios)",
+           kind="paths", metavar="PATH"),
+    Option("--istio-backend", "istio_backend",
+           "where probes run: kind (create a kind cluster with real Istio), existing (a cluster from a "
+           "kubeconfig that runs Istio), local (real Envoy sidecars in Linux network namespaces; needs root)",
+           default="kind", choices=BACKENDS),
+    Option("--istio-report", "istio_report",
+           "write report.json, report.md and report.html into DIR", metavar="DIR"),
+    Option("--istio-keep", "istio_keep",
+           "keep what the run created (cluster, namespaces, network namespaces, proxies) for inspection: never, "
+           "on-failure (only when an item failed or errored) or always; instructions are printed",
+           default="never", choices=KEEP),
+    Option("--istio-version", "istio_version",
+           "kind backend: the Istio to install: an exact version (1.31.1), a minor (1.31: its newest patch) or "
+           "'latest'", default="latest", metavar="VERSION"),
+    Option("--istio-revision", "istio_revision",
+           "install (kind) or use (existing) this Istio revision; namespaces get istio.io/rev=REVISION",
+           metavar="REVISION"),
+    Option("--istio-kubeconfig", "istio_kubeconfig",
+           "existing backend: kubeconfig of the cluster (default: $KUBECONFIG, else ~/.kube/config)",
+           metavar="FILE"),
+    Option("--istio-context", "istio_context", "existing backend: kubeconfig context to use", metavar="NAME"),
+    Option("--istio-allow-mesh-wide", "istio_allow_mesh_wide",
+           "existing backend: allow scenarios to apply mesh-wide policies (root namespace) to a shared cluster",
+           default=False, kind="bool"),
+    Option("--istio-images", "istio_images",
+           "override workload images for mirrored registries, comma-separated KEY=IMAGE with KEY one of "
+           "httpbin, curl, tcp-echo, capture", metavar="KEY=IMAGE,..."),
+    Option("--istio-timeout", "istio_timeout",
+           "seconds to wait for one step (workloads ready, policy in force) before failing with what was still "
+           "pending", default="120", metavar="SECONDS"),
+)
+BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def register(parser: pytest.Parser) -> None:
+    group = parser.getgroup("istio-mtls", "Istio mTLS scenarios (pytest-istio-mtls)")
+    for option in OPTIONS:
+        help_text = f"{option.help}. Env: {option.env}; ini: {option.dest}."
+        if option.kind == "bool":
+            group.addoption(option.flag, action="store_true", dest=option.dest, default=None, help=help_text)
+            parser.addini(option.dest, option.help, type="bool", default=option.default)
+        elif option.kind == "paths":
+            group.addoption(option.flag, nargs="*", dest=option.dest, default=None, metavar=option.metavar,
+                            help=help_text)
+            parser.addini(option.dest, option.help, type="paths", default=[])
+        else:
+            group.addoption(option.flag, dest=option.dest, default=None, choices=option.choices,
+                            metavar=option.metavar, help=help_text)
+            parser.addini(option.dest, option.help, default=option.default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved option values, handed to backends and reports."""
+
+    scenarios: tuple[Path, ...] | None = None  # None: scenario collection is off
+    backend: str = "kind"
+    report: Path | None = None
+    keep: str = "never"
+    istio_version: str = "latest"
+    istio_revision: str | None = None
+    kubeconfig: Path | None = None
+    context: str | None = None
+    allow_mesh_wide: bool = False
+    images: dict[str, str] = field(default_factory=dict)
+    timeout: float = 120.0
+    rootdir: Path = Path(".")
+    extra: dict[str, Any] = field(default_factory=dict)  # honoured options of other plugins (pytest-kind)
+
+
+def _raw(config: pytest.Config, option: Option) -> tuple[Any, str]:
+    """The value and where it came from (for error messages)."""
+    value = config.getoption(option.dest, default=None)
+    if value is not None:
+        return value, option.flag
+    if option.env in os.environ:
+        env = os.environ[option.env]
+        if option.kind == "bool":
+            return env.strip().lower() in ("1", "true", "yes", "on"), option.env
+        if option.kind == "paths":
+            return [p for p in env.split(os.pathsep) if p], option.env
+        return env, option.env
+    value = config.getini(option.dest)
+    return value, f"ini {option.dest}"
+
+
+def builtin_scenarios() -> Path:
+    return Path(__file__).parent / "scenarios"
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Read every option once, validate values and combinations; raise pytest.UsageError if wrong."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value, source = _raw(config, option)
+        if option.choices and value not in option.choices:
+            raise pytest.UsageError(f"{source}: invalid value {value!r}; use one of {', '.join(option.choices)}")
+        values[option.dest] = (value, source)
+
+    rootdir = Path(config.rootpath)
+    scenarios: tuple[Path, ...] | None = None
+    raw_paths, source = values["istio_scenarios"]
+    if config.getoption("istio_scenarios") is not None or os.environ.get(BY_DEST["istio_scenarios"].env):
+        paths = [str(p) for p in raw_paths] or [str(p) for p in config.getini("istio_scenarios")]
+        default = not paths
+        if default:
+            paths = [str(rootdir / "scenarios")]
+        resolved = []
+        for entry in paths:
+            path = builtin_scenarios() if entry == "builtin" else Path(entry)
+            if not path.is_absolute() and entry != "builtin":
+                path = Path(config.invocation_params.dir) / path
+            if not path.exists():
+                if default and config.args_source == pytest.Config.ArgsSource.ARGS:
+                    continue  # explicit paths on the command line say what to collect
+                hint = " (or --istio-scenarios builtin for the library shipped with the plugin)" if default else ""
+                raise pytest.UsageError(f"{source}: no such scenario file or directory: {entry}{hint}")
+            resolved.append(path)
+        scenarios = tuple(resolved)
+
+    timeout_value, timeout_source = values["istio_timeout"]
+    try:
+        timeout = float(timeout_value)
+        if timeout <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"{timeout_source}: timeout must be a positive number of seconds, "
+                                f"not {timeout_value!r}") from None
+
+    images: dict[str, str] = {}
+    images_value, images_source = values["istio_images"]
+    for item in str(images_value or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, image = item.partition("=")
+        if not sep or key.strip() not in ("httpbin", "curl", "tcp-echo", "capture") or not image.strip():
+            raise pytest.UsageError(f"{images_source}: expected KEY=IMAGE with KEY one of httpbin, curl, tcp-echo, "
+                                    f"capture; got {item!r}")
+        images[key.strip()] = image.strip()
+
+    backend = values["istio_backend"][0]
+    kubeconfig = values["istio_kubeconfig"][0]
+    context = values["istio_context"][0]
+    allow_mesh_wide = bool(values["istio_allow_mesh_wide"][0])
+    if backend != "existing":
+        for dest in ("istio_kubeconfig", "istio_context", "istio_allow_mesh_wide"):
+            value, where = values[dest]
+            if value and not where.startswith("ini"):
+                raise pytest.UsageError(f"{where} only applies to --istio-backend=existing (the backend is "
+                                        f"{backend})")
+    if backend == "local":
+        for dest in ("istio_version", "istio_revision", "istio_images"):
+            value, where = values[dest]
+            if value and value != BY_DEST[dest].default and not where.startswith("ini"):
+                raise pytest.UsageError(f"{where} does not apply to --istio-backend=local (it runs Envoy, not Istio)")
+    report = values["istio_report"][0]
+    return Settings(
+        scenarios=scenarios,
+        backend=str(backend),
+        report=Path(config.invocation_params.dir, report) if report else None,
+        keep=str(values["istio_keep"][0]),
+        istio_version=str(values["istio_version"][0] or "latest"),
+        istio_revision=values["istio_revision"][0] or None,
+        kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,
+        context=context or None,
+        allow_mesh_wide=allow_mesh_wide,
+        images=images,
+        timeout=timeout,
+        rootdir=rootdir,
+        extra=_pytest_kind_options(config),
+    )
+
+
+def _pytest_kind_options(config: pytest.Config) -> dict[str, Any]:
+    """pytest-kind's own flags, honoured when that plugin is installed and they mean the same thing."""
+    extra: dict[str, Any] = {}
+    for dest, key in (("cluster_name", "cluster_name"), ("keep_cluster", "keep_cluster"),
+                      ("kind_image", "kind_image"), ("kind_bin", "kind_bin")):
+        value = config.getoption(dest, default=None)
+        if value not in (None, False):
+            extra[key] = value
+    return extra
+

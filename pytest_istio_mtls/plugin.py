@@ -1,0 +1,276 @@
+"""pytest hooks, collection and fixtures. Thin on purpose: the work lives in the modules it calls.
+
+``pytest --istio-scenarios`` collects one item per expectation row, ``file.yaml::NAME::FROM->TO:PORT``.
+Nothing here starts a mesh until the first item runs, so ``--help``, ``--fixtures`` and
+``--collect-only`` never need one.
+"""
+
+from __future__ import annotations
+
+import signal
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from . import options
+from .diagnostics import ScenarioError
+from .model import Expectation, Scenario, Topology, default_topology
+
+RUN_KEY = pytest.StashKey["Any"]()  # the session's run.Run, created lazily
+SETTINGS_KEY = pytest.StashKey[options.Settings]()
+KEEP_MESSAGE_KEY = pytest.StashKey[str]()
+
+
+class IstioScenarioWarning(UserWarning):
+    """A scenario that Istio accepts but that probably does not do what its author meant."""
+
+
+class ProbeError(Exception):
+    """The probe could not be judged (infrastructure fault or missing evidence): an ERROR item."""
+
+
+class ExpectationMismatch(AssertionError):
+    """The probe was judged and disagrees with the expectation: a FAILED item."""
+
+
+# --------------------------------------------------------------------------- options and configuration
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.register(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    settings = options.resolve(config)
+    config.stash[SETTINGS_KEY] = settings
+    config.addinivalue_line("markers", "istio_scenario: an item collected from an Istio mTLS scenario file")
+    if settings.scenarios is None:
+        return
+    explicit = config.args_source == pytest.Config.ArgsSource.ARGS
+    scenario_args = [str(p) for p in settings.scenarios]
+    if explicit:
+        config.args.extend(a for a in scenario_args if a not in config.args)
+    else:  # `pytest --istio-scenarios` runs scenarios, not the project's other tests
+        config.args[:] = scenario_args
+    _install_sigterm_handler(config)
+
+
+def _install_sigterm_handler(config: pytest.Config) -> None:
+    """Turn SIGTERM (CI cancellation, `kill`) into KeyboardInterrupt so teardown still runs."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except ValueError:  # not the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    config.add_cleanup(restore)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None or settings.scenarios is None:
+        return []
+    paths = ", ".join(str(p) for p in settings.scenarios)
+    return [f"istio-mtls: backend={settings.backend} keep={settings.keep} scenarios={paths}"]
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def _scenario_roots(config: pytest.Config) -> list[Path]:
+    settings = config.stash[SETTINGS_KEY]
+    roots = [p.resolve() for p in settings.scenarios or ()]
+    roots += [Path(a.split("::")[0]).resolve() for a in config.args
+              if a.split("::")[0].endswith((".yaml", ".yml"))]
+    return roots
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
+    config = parent.config
+    if config.stash[SETTINGS_KEY].scenarios is None:
+        return None
+    from .scenario import looks_like_scenario
+
+    resolved = file_path.resolve()
+    if not any(resolved == root or root in resolved.parents for root in _scenario_roots(config)):
+        return None
+    if not looks_like_scenario(file_path):
+        return None
+    return ScenarioFile.from_parent(parent, path=file_path)
+
+
+class ScenarioFile(pytest.File):
+    def collect(self) -> Iterator[ScenarioNode]:
+        from .scenario import load_scenario
+
+        try:
+            scenario = load_scenario(self.path)
+        except ScenarioError as exc:
+            raise self.CollectError(exc.render()) from None
+        for warning in scenario.warnings:
+            warnings.warn_explicit(IstioScenarioWarning(f"{warning.message}" + (
+                f" (fix: {warning.fix})" if warning.fix else "")), IstioScenarioWarning,
+                filename=str(self.path), lineno=warning.mark.line)
+        node = ScenarioNode.from_parent(self, name=scenario.name)
+        node.scenario = scenario
+        yield node
+
+
+class ScenarioNode(pytest.Collector):
+    scenario: Scenario
+
+    def collect(self) -> Iterator[ProbeItem]:
+        for expectation in self.scenario.expectations:
+            item = ProbeItem.from_parent(self, name=expectation.pair)
+            item.scenario = self.scenario
+            item.expectation = expectation
+            item.add_marker("istio_scenario")
+            yield item
+
+
+class ProbeItem(pytest.Item):
+    scenario: Scenario
+    expectation: Expectation
+
+    def _run(self) -> Any:
+        run = self.config.stash.get(RUN_KEY, None)
+        if run is None:
+            from .run import Run
+
+            run = Run(self.config.stash[SETTINGS_KEY], _progress(self.config))
+            self.config.stash[RUN_KEY] = run
+        return run
+
+    def setup(self) -> None:
+        selected = [item.expectation for item in self.session.items
+                    if isinstance(item, ProbeItem) and item.scenario is self.scenario]
+        outcome = self._run().outcome(self.scenario, self.expectation, selected)
+        self._outcome = outcome
+        self.user_properties.append(("istio_expected", self.expectation.result.value))
+        self.user_properties.append(("istio_predicted", outcome.prediction.result.value))
+        if outcome.observed is not None:
+            self.user_properties.append(("istio_observed", outcome.observed.value))
+        if outcome.observation is not None:
+            import json
+
+            self.user_properties.append(("istio_evidence", json.dumps(outcome.observation.to_json())))
+        for title, text in outcome.diagnostics.items():
+            self.add_report_section("setup", f"istio {title}", text)
+        if outcome.status == "error":
+            raise ProbeError(outcome.message())
+
+    def runtest(self) -> None:
+        if self._outcome.status != "correct":
+            raise ExpectationMismatch(self._outcome.message())
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, ProbeError | ExpectationMismatch):
+            return str(excinfo.value)
+        from .backends import BackendError
+
+        if isinstance(excinfo.value, BackendError):
+            return f"{self.expectation.pair}: backend error: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.expectation.mark.line - 1 if self.expectation.mark else None
+        return self.path, line, f"{self.scenario.name}::{self.name}"
+
+
+def _progress(config: pytest.Config) -> Callable[[str], None]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(message: str) -> None:
+        if reporter is not None and config.get_verbosity() >= 0:
+            reporter.write_line(f"[istio-mtls] {message}")
+
+    return progress
+
+
+# --------------------------------------------------------------------------- end of session
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    settings = session.config.stash[SETTINGS_KEY]
+    try:
+        message = run.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+    finally:
+        if settings.report is not None and run.outcomes:
+            from .report import write_all
+
+            write_all(run.report(), settings.report)
+    session.config.stash[KEEP_MESSAGE_KEY] = message
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.outcomes:
+        from .report.terminal import render
+
+        terminalreporter.section("Istio mTLS truth table")
+        for line in render(run.report()).splitlines():
+            terminalreporter.write_line(line)
+        settings = config.stash[SETTINGS_KEY]
+        if settings.report is not None:
+            terminalreporter.write_line(f"reports: {settings.report}/report.{{json,md,html}}")
+    message = config.stash.get(KEEP_MESSAGE_KEY, "")
+    if message:
+        terminalreporter.section("Istio mTLS: state kept for inspection")
+        for line in message.splitlines():
+            terminalreporter.write_line(line)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def istio_topology() -> Topology:
+    """The topology ``istio_mesh`` deploys. Override in conftest.py, e.g. with
+    ``load_scenario("scenarios/x.yaml").topology``."""
+    return default_topology()
+
+
+@pytest.fixture(scope="session")
+def istio_mesh(request: pytest.FixtureRequest, istio_topology: Topology) -> Any:
+    """Session-scoped mesh on the selected backend (``--istio-backend``) with ``istio_topology`` deployed."""
+    from .mesh import Mesh
+    from .run import Run
+
+    config = request.config
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        run = Run(config.stash[SETTINGS_KEY], _progress(config))
+        config.stash[RUN_KEY] = run
+    return Mesh(run.backend, istio_topology)
+
+
+@pytest.fixture
+def istio_policies(istio_mesh: Any) -> Callable[..., Any]:
+    """Context manager: ``with istio_policies(yaml_text_or_path):`` applies Istio resources, waits until
+    the proxies enforce them, and removes them on exit."""
+    return istio_mesh.policies  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def istio_probe(istio_mesh: Any) -> Callable[..., Any]:
+    """``istio_probe("curl.foo", "httpbin.foo:8000")`` → a ProbeResult with ``.result`` (mtls, plaintext,
+    refused, unavailable, denied, or None when unproven), ``.verdict``, ``.observation``, ``.prediction``."""
+    return istio_mesh.probe  # type: ignore[no-any-return]

@@ -1,0 +1,113 @@
+"""The report's data: what every renderer (terminal, JSON, Markdown, HTML) reads.
+
+``report.json`` is this structure serialised; its schema is versioned (``schemaVersion``) and
+documented in docs/report-schema.md and pytest_istio_mtls/report/report.schema.json.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .._version import __version__
+
+SCHEMA_VERSION = 1
+RowStatus = Literal["correct", "wrong", "error", "predicted"]
+
+
+@dataclass
+class Row:
+    source: str  # "curl.foo"
+    target: str  # "httpbin.foo"
+    port: int  # Service port
+    predicted: str  # the oracle's result ("unknown" possible)
+    reason: str  # the oracle's reason
+    status: RowStatus
+    expected: str | None = None  # the scenario's expectation (None: a prediction-only row)
+    observed: str | None = None  # the verdict (None: no result, see message)
+    request: str = ""  # "POST /post" when not the default request
+    http_status: int | None = None
+    expected_http_status: int | None = None
+    message: str = ""  # why it is wrong or an error, for people
+    because: list[str] = field(default_factory=list)  # evidence behind the observed result
+    evidence: dict[str, Any] | None = None  # the raw observation (see the schema)
+
+    @property
+    def column(self) -> str:
+        return f"{self.target}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.source,
+            "to": self.target,
+            "port": self.port,
+            "request": self.request or None,
+            "expected": self.expected,
+            "expectedStatus": self.expected_http_status,
+            "observed": self.observed,
+            "httpStatus": self.http_status,
+            "predicted": self.predicted,
+            "reason": self.reason,
+            "status": self.status,
+            "message": self.message,
+            "because": self.because,
+            "evidence": self.evidence,
+        }
+
+
+@dataclass
+class ScenarioReport:
+    name: str
+    file: str
+    description: str = ""
+    rows: list[Row] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)  # "PeerAuthentication foo/default"
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""  # the scenario could not run at all (e.g. its policies never took effect)
+
+    def counts(self) -> dict[str, int]:
+        counts = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0}
+        for row in self.rows:
+            counts[row.status] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": self.file,
+            "description": self.description,
+            "policies": self.policies,
+            "warnings": self.warnings,
+            "error": self.error or None,
+            "counts": self.counts(),
+            "rows": [row.to_json() for row in self.rows],
+        }
+
+
+@dataclass
+class Report:
+    backend: str  # "local", "kind", "existing", or "predict" for oracle-only reports
+    scenarios: list[ScenarioReport] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)  # istio, kubernetes, envoy, kind, nodeImage...
+    started: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    duration_s: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        total = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0}
+        for scenario in self.scenarios:
+            for key, value in scenario.counts().items():
+                total[key] += value
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schemaVersion": SCHEMA_VERSION,
+            "tool": {"name": "pytest-istio-mtls", "version": __version__},
+            "backend": self.backend,
+            "versions": self.versions,
+            "started": self.started,
+            "durationSeconds": round(self.duration_s, 3),
+            "counts": self.counts(),
+            "scenarios": [scenario.to_json() for scenario in self.scenarios],
+        }

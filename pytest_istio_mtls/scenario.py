@@ -1,0 +1,566 @@
+"""Loading and validating scenario files: YAML in, a ``Scenario`` or positioned errors out.
+
+The file format is the public contract (README "Scenario format"). Every problem found is
+reported at once, each with ``file:line:column``, what is wrong and how to fix it. Nothing here
+touches a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import semantics
+from .diagnostics import Diagnostic, Mark, ScenarioError, did_you_mean
+from .model import (
+    EXPECTABLE_RESULTS,
+    Expectation,
+    MeshSettings,
+    Namespace,
+    Policy,
+    Port,
+    Request,
+    Result,
+    Scenario,
+    Topology,
+    Workload,
+    default_topology,
+)
+from .policies import PolicyValidator
+from .validation import Checker, type_name
+from .yamlpos import Located, block_scalar_offset, load_all, load_one
+
+TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect")
+MESH_KEYS = ("autoMtls", "rootNamespace")
+TOPOLOGY_KEYS = ("namespaces", "workloads")
+NAMESPACE_KEYS = ("sidecars", "ambient")
+WORKLOAD_KEYS = ("name", "namespace", "labels", "serviceAccount", "sidecar", "ports")
+PORT_KEYS = ("name", "port", "targetPort", "protocol")
+EXPECT_KEYS = ("from", "to", "request", "result", "status")
+REQUEST_KEYS = ("method", "path", "headers", "body")
+PROTOCOLS = ("http", "tcp")
+# Ports the Istio sidecar itself listens on or excludes from interception.
+RESERVED_PORTS = {15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090}
+MARKER_HEADER = "x-istio-mtls-probe"
+SCENARIO_SUFFIXES = (".yaml", ".yml")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def display_path(path: Path) -> str:
+    """A path as users want to read it: relative to the working directory when below it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def looks_like_scenario(path: Path) -> bool:
+    """Cheap test used by collection: a YAML mapping that is not a Kubernetes manifest.
+
+    Policy files referenced through ``policyFiles`` may live next to scenarios; they start with
+    ``apiVersion``/``kind`` and are skipped here.
+    """
+    if path.suffix not in SCENARIO_SUFFIXES:
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return True  # let load_scenario report it properly
+    top_keys = set(re.findall(r"^([A-Za-z]+)\s*:", text, flags=re.MULTILINE))
+    if {"apiVersion", "kind"} <= top_keys:
+        return False
+    return bool(top_keys & set(TOP_KEYS)) or not top_keys
+
+
+class _Loader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = display_path(path)
+        self.diagnostics: list[Diagnostic] = []
+
+    def fail_if_errors(self) -> None:
+        if any(d.severity == "error" for d in self.diagnostics):
+            raise ScenarioError(sorted((d for d in self.diagnostics if d.severity == "error"),
+                                       key=lambda d: (d.mark.file != self.file, d.mark)))
+
+    # -- entry --------------------------------------------------------------------------------------
+
+    def load(self) -> Scenario:
+        try:
+            source = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ScenarioError([Diagnostic("error", Mark(self.file, 1, 1), "no such scenario file",
+                                            "check the path")]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError([Diagnostic("error", Mark(self.file, 1, 1), f"cannot read the file: {exc}",
+                                            "scenario files are UTF-8 YAML")]) from None
+        located = load_one(source, self.file)
+        check = Checker(located, self.diagnostics)
+        data = located.data
+        if data is None:
+            check.error((), "the scenario file is empty",
+                        "write at least an 'expect:' list; see the scenario format in the README")
+            self.fail_if_errors()
+        if not check.mapping((), data, "a scenario"):
+            self.fail_if_errors()
+        check.keys((), data, TOP_KEYS, "the scenario")
+
+        name = data.get("name", self.path.stem)
+        if check.text(("name",), name, "name") and ("::" in name or "\n" in name):
+            check.error(("name",), f"name '{name}' may not contain '::' or line breaks",
+                        "use letters, digits, '-', '_' and '.'")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            check.error(("description",), f"description must be text, not {type_name(description)}")
+        mesh = self._mesh(check, data.get("mesh"))
+        topology = self._topology(check, data) if "topology" in data else default_topology()
+        validator = PolicyValidator(topology, mesh)
+        self._policy_files(check, data.get("policyFiles"), validator)
+        self._inline_policies(check, source, data.get("policies"), validator, located)
+        validator.warn_traps()
+        expectations, derived = self._expectations(check, data, topology)
+        self.fail_if_errors()
+        scenario = Scenario(
+            name=str(name), path=self.path, description=str(description or ""), mesh=mesh, topology=topology,
+            policies=tuple(validator.policies), expectations=tuple(expectations), derived=derived,
+        )
+        if derived:
+            scenario = self._derive(check, scenario)
+        self.fail_if_errors()
+        warnings = tuple(sorted((d for d in self.diagnostics if d.severity == "warning"), key=lambda d: d.mark))
+        return dataclasses.replace(scenario, warnings=warnings)
+
+    # -- sections -----------------------------------------------------------------------------------
+
+    def _mesh(self, check: Checker, mesh: Any) -> MeshSettings:
+        if mesh is None:
+            return MeshSettings()
+        if not check.mapping(("mesh",), mesh, "mesh"):
+            return MeshSettings()
+        check.keys(("mesh",), mesh, MESH_KEYS, "mesh")
+        auto = mesh.get("autoMtls", True)
+        root = mesh.get("rootNamespace", "istio-system")
+        check.boolean(("mesh", "autoMtls"), auto, "mesh.autoMtls")
+        check.dns_label(("mesh", "rootNamespace"), root, "mesh.rootNamespace")
+        return MeshSettings(auto_mtls=bool(auto) if isinstance(auto, bool) else True,
+                            root_namespace=str(root) if isinstance(root, str) else "istio-system")
+
+    def _topology(self, check: Checker, data: Mapping[str, Any]) -> Topology:
+        raw = data["topology"]
+        if not check.mapping(("topology",), raw, "topology"):
+            return Topology((), ())
+        check.keys(("topology",), raw, TOPOLOGY_KEYS, "topology")
+        namespaces: list[Namespace] = []
+        raw_ns = raw.get("namespaces")
+        if raw_ns is None:
+            check.error(("topology",), "topology has no namespaces",
+                        "add e.g. namespaces: {foo: {sidecars: true}, legacy: {sidecars: false}}", key=True)
+        elif check.mapping(("topology", "namespaces"), raw_ns, "topology.namespaces"):
+            for ns_name, settings in raw_ns.items():
+                path = ("topology", "namespaces", ns_name)
+                if not check.dns_label(path, ns_name, "namespace name"):
+                    continue
+                settings = {} if settings is None else settings
+                if not check.mapping(path, settings, f"namespace '{ns_name}'"):
+                    continue
+                check.keys(path, settings, NAMESPACE_KEYS, f"namespace '{ns_name}'")
+                sidecars = settings.get("sidecars", True)
+                ambient = settings.get("ambient", False)
+                check.boolean((*path, "sidecars"), sidecars, f"sidecars of namespace '{ns_name}'")
+                check.boolean((*path, "ambient"), ambient, f"ambient of namespace '{ns_name}'")
+                if ambient is True and sidecars is True and "sidecars" in settings:
+                    check.error((*path, "ambient"),
+                                f"namespace '{ns_name}' cannot be both ambient and sidecar-injected",
+                                "set sidecars: false for an ambient namespace")
+                namespaces.append(Namespace(str(ns_name), sidecars is True and ambient is not True,
+                                            ambient is True))
+        workloads: list[Workload] = []
+        raw_workloads = raw.get("workloads")
+        if raw_workloads is None:
+            check.error(("topology",), "topology has no workloads",
+                        "add e.g. workloads: [{name: httpbin, namespace: foo, ports: [{port: 8000}]}]", key=True)
+        elif check.is_list(("topology", "workloads"), raw_workloads, "topology.workloads"):
+            for index, item in enumerate(raw_workloads):
+                workload = self._workload(check, ("topology", "workloads", index), item, namespaces)
+                if workload is None:
+                    continue
+                duplicate = next((w for w in workloads if w.ref == workload.ref), None)
+                if duplicate is not None:
+                    check.error(("topology", "workloads", index, "name"),
+                                f"workload {workload.ref} is declared twice (first at {duplicate.mark})",
+                                "workload names must be unique within a namespace")
+                    continue
+                workloads.append(workload)
+        if workloads and not any(w.is_server for w in workloads):
+            check.warn(("topology", "workloads"), "no workload has ports, so there is nothing to probe",
+                       "give a server workload ports: [{name: http, port: 8000}]")
+        return Topology(tuple(namespaces), tuple(workloads))
+
+    def _workload(self, check: Checker, path: tuple[str | int, ...], item: Any,
+                  namespaces: list[Namespace]) -> Workload | None:
+        if not check.mapping(path, item, "a workload"):
+            return None
+        check.keys(path, item, WORKLOAD_KEYS, "a workload")
+        name = item.get("name")
+        if "name" not in item:
+            check.error(path, "a workload has no name", "add name: <workload name>")
+            return None
+        if not check.dns_label((*path, "name"), name, "workload name"):
+            return None
+        ns_names = [n.name for n in namespaces]
+        ns_name = item.get("namespace")
+        if ns_name is None:
+            if len(namespaces) != 1:
+                check.error(path, f"workload '{name}' has no namespace",
+                            f"add namespace: one of {', '.join(ns_names) or '(declare topology.namespaces)'}")
+                return None
+            ns_name = namespaces[0].name
+        if not check.text((*path, "namespace"), ns_name, f"namespace of workload '{name}'"):
+            return None
+        namespace = next((n for n in namespaces if n.name == ns_name), None)
+        if namespace is None:
+            check.error((*path, "namespace"), f"workload '{name}' is in namespace '{ns_name}', which "
+                        f"topology.namespaces does not declare{did_you_mean(str(ns_name), ns_names)}",
+                        f"declare it under topology.namespaces or use one of {', '.join(ns_names)}")
+            return None
+        labels = item.get("labels", {"app": name})
+        if not check.mapping((*path, "labels"), labels, f"labels of workload '{name}'"):
+            labels = {}
+        clean_labels: dict[str, str] = {}
+        for key, value in labels.items():
+            if not isinstance(value, str | int) or isinstance(value, bool):
+                check.error((*path, "labels", key), f"label '{key}' of workload '{name}' must be text, not "
+                            f"{value!r}", "quote the value")
+                continue
+            clean_labels[str(key)] = str(value)
+        account = item.get("serviceAccount", name)
+        check.dns_label((*path, "serviceAccount"), account, f"serviceAccount of workload '{name}'")
+        sidecar = item.get("sidecar", namespace.sidecars)
+        check.boolean((*path, "sidecar"), sidecar, f"sidecar of workload '{name}'")
+        ports = self._ports(check, (*path, "ports"), item.get("ports"), str(name))
+        return Workload(
+            name=str(name), namespace=str(ns_name), labels=clean_labels, service_account=str(account),
+            sidecar=sidecar is True, ports=ports, ambient=namespace.ambient and sidecar is not True,
+            mark=check.mark(path),
+        )
+
+    def _ports(self, check: Checker, path: tuple[str | int, ...], raw: Any, workload: str) -> tuple[Port, ...]:
+        if raw is None:
+            return ()
+        if not check.is_list(path, raw, f"ports of workload '{workload}'"):
+            return ()
+        ports: list[Port] = []
+        for index, item in enumerate(raw):
+            where = (*path, index)
+            if isinstance(item, int) and not isinstance(item, bool):
+                item = {"port": item}
+            if not check.mapping(where, item, f"a port of workload '{workload}'"):
+                continue
+            check.keys(where, item, PORT_KEYS, f"a port of workload '{workload}'")
+            number = item.get("port")
+            if "port" not in item:
+                check.error(where, f"a port of workload '{workload}' has no 'port'", "add port: <Service port>")
+                continue
+            if not check.port_number((*where, "port"), number, "port"):
+                continue
+            target = item.get("targetPort", number)
+            if not check.port_number((*where, "targetPort"), target, "targetPort"):
+                continue
+            protocol = item.get("protocol", "http")
+            if not check.choice((*where, "protocol"), protocol, PROTOCOLS, "protocol"):
+                continue
+            name = item.get("name", protocol if len(raw) == 1 else f"{protocol}-{number}")
+            if not check.dns_label((*where, "name"), name, "port name"):
+                continue
+            for reserved, key in ((number, "port"), (target, "targetPort")):
+                if reserved in RESERVED_PORTS:
+                    check.error((*where, key), f"{key} {reserved} is reserved by the Istio sidecar",
+                                "pick a port outside 15000-15090")
+            clash = next((p for p in ports if p.port == number or p.name == name), None)
+            if clash is not None:
+                what = f"port {number}" if clash.port == number else f"port name '{name}'"
+                check.error((*where, "port" if clash.port == number else "name"),
+                            f"{what} is declared twice on workload '{workload}'", "Service ports must be unique")
+                continue
+            ports.append(Port(str(name), number, target, protocol))
+        return tuple(ports)
+
+    def _policy_files(self, check: Checker, files: Any, validator: PolicyValidator) -> None:
+        if files is None:
+            return
+        if not check.is_list(("policyFiles",), files, "policyFiles"):
+            return
+        for index, entry in enumerate(files):
+            if not check.text(("policyFiles", index), entry, "a policyFiles entry"):
+                continue
+            target = (self.path.parent / entry).resolve()
+            try:
+                text = target.read_text(encoding="utf-8")
+            except OSError as exc:
+                reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
+                check.error(("policyFiles", index), f"cannot read policy file '{entry}': {reason}",
+                            "paths are relative to the scenario file")
+                continue
+            try:
+                documents = load_all(text, display_path(target))
+            except ScenarioError as exc:
+                self.diagnostics.extend(exc.diagnostics)
+                continue
+            for doc in documents:
+                doc_check = Checker(doc, self.diagnostics)
+                validator.add(doc_check, (), doc.data)
+
+    def _inline_policies(self, check: Checker, source: str, raw: Any, validator: PolicyValidator,
+                         located: Located) -> None:
+        if raw is None:
+            return
+        if isinstance(raw, list):  # a YAML list of resources is accepted too
+            for index, item in enumerate(raw):
+                validator.add(check, ("policies", index), item)
+            return
+        if not isinstance(raw, str):
+            check.error(("policies",), f"policies must be a YAML block (policies: |) or a list, not {type_name(raw)}",
+                        "write the resources exactly as you would kubectl-apply them, after 'policies: |'")
+            return
+        offset = block_scalar_offset(source, located.at("policies"))
+        line, col = offset if offset is not None else (located.at("policies").line - 1, 0)
+        try:
+            documents = load_all(raw, self.file, line_offset=line, col_offset=col)
+        except ScenarioError as exc:
+            self.diagnostics.extend(exc.diagnostics)
+            return
+        for doc in documents:
+            validator.add(Checker(doc, self.diagnostics), (), doc.data)
+
+    # -- expectations -------------------------------------------------------------------------------
+
+    def _expectations(self, check: Checker, data: Mapping[str, Any],
+                      topology: Topology) -> tuple[list[Expectation], bool]:
+        raw = data.get("expect")
+        if raw is None:
+            check.error((), "the scenario has no 'expect'",
+                        "add an expect: list of {from, to, result} rows, or expect: derived", key=True)
+            return [], False
+        if raw == "derived":
+            return [], True
+        if isinstance(raw, str):
+            check.error(("expect",), f"expect must be a list of rows or 'derived', not '{raw}'"
+                        f"{did_you_mean(raw, ['derived'])}")
+            return [], False
+        if not check.is_list(("expect",), raw, "expect"):
+            return [], False
+        rows: list[Expectation] = []
+        for index, item in enumerate(raw):
+            row = self._row(check, ("expect", index), item, topology)
+            if row is None:
+                continue
+            key = (row.source.ref, row.target.ref, row.port.port, row.request)
+            first = next((r for r in rows if (r.source.ref, r.target.ref, r.port.port, r.request) == key), None)
+            if first is not None:
+                check.error(("expect", index), f"duplicate row {row.pair} (first at {first.mark})",
+                            "each (from, to, port, request) may be expected once; delete one of the rows")
+                continue
+            rows.append(row)
+        if not raw:
+            check.error(("expect",), "expect is empty", "add at least one {from, to, result} row")
+        return rows, False
+
+    def _row(self, check: Checker, path: tuple[str | int, ...], item: Any,
+             topology: Topology) -> Expectation | None:
+        if not check.mapping(path, item, "an expect row"):
+            return None
+        check.keys(path, item, EXPECT_KEYS, "an expect row")
+        missing = [k for k in ("from", "to", "result") if k not in item]
+        if missing:
+            check.error(path, f"expect row lacks {', '.join(missing)}",
+                        "write rows like {from: curl.foo, to: httpbin.foo:8000, result: mtls}")
+            return None
+        source = self._workload_ref(check, (*path, "from"), item["from"], topology)
+        target_text = item["to"]
+        port_key: str | None = None
+        if isinstance(target_text, str) and ":" in target_text:
+            target_text, _, port_key = target_text.partition(":")
+        target = self._workload_ref(check, (*path, "to"), target_text, topology)
+        result_text = item["result"]
+        ok = check.choice((*path, "result"), result_text, [r.value for r in EXPECTABLE_RESULTS], "result")
+        if source is None or target is None or not ok:
+            return None
+        port = self._port_ref(check, (*path, "to"), target, port_key)
+        if port is None:
+            return None
+        result = Result(result_text)
+        request = self._request(check, (*path, "request"), item.get("request"), port)
+        status = item.get("status")
+        if status is not None and not self._status(check, (*path, "status"), status, result, port):
+            return None
+        if request is None:
+            return None
+        return Expectation(source, target, port, result, request, status, check.mark(path))
+
+    def _workload_ref(self, check: Checker, path: tuple[str | int, ...], text: Any,
+                      topology: Topology) -> Workload | None:
+        if not check.text(path, text, "a workload reference"):
+            return None
+        refs = [w.ref for w in topology.workloads]
+        if "." in text:
+            workload = topology.workload(text)
+            if workload is None:
+                check.error(path, f"unknown workload '{text}'{did_you_mean(text, refs)}",
+                            f"workloads: {', '.join(refs)}")
+            return workload
+        matches = [w for w in topology.workloads if w.name == text]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            check.error(path, f"workload name '{text}' is ambiguous: it exists in "
+                        f"{', '.join(w.namespace for w in matches)}",
+                        f"write one of {', '.join(w.ref for w in matches)}")
+            return None
+        names = [*refs, *(w.name for w in topology.workloads)]
+        check.error(path, f"unknown workload '{text}'{did_you_mean(text, names)}", f"workloads: {', '.join(refs)}")
+        return None
+
+    def _port_ref(self, check: Checker, path: tuple[str | int, ...], target: Workload,
+                  key: str | None) -> Port | None:
+        listing = ", ".join(f"{p.port} ({p.name})" for p in target.ports)
+        if not target.ports:
+            check.error(path, f"{target.ref} has no ports: it is a client only and cannot be probed",
+                        "probe a workload that declares ports, or add ports to this one")
+            return None
+        if key is None or key == "":
+            if len(target.ports) == 1:
+                return target.ports[0]
+            check.error(path, f"{target.ref} has several ports ({listing}); say which one",
+                        f"write {target.ref}:{target.ports[0].port}")
+            return None
+        port = target.port(int(key)) if key.isdigit() else target.port(key)
+        if port is None:
+            by_target = next((p for p in target.ports if key.isdigit() and p.target_port == int(key)), None)
+            if by_target is not None:
+                check.error(path, f"{key} is the container port of {target.ref}; expectations name the Service "
+                            f"port", f"write {target.ref}:{by_target.port}")
+            else:
+                names = [str(p.port) for p in target.ports] + [p.name for p in target.ports]
+                check.error(path, f"{target.ref} has no port '{key}'{did_you_mean(key, names)}",
+                            f"its ports: {listing}")
+        return port
+
+    def _request(self, check: Checker, path: tuple[str | int, ...], raw: Any, port: Port) -> Request | None:
+        if raw is None:
+            return Request()
+        if port.protocol == "tcp":
+            check.error(path, f"a request applies to http ports only; port {port.port} is tcp",
+                        "drop 'request' (tcp probes send a marker line and expect it echoed)", key=True)
+            return None
+        if not check.mapping(path, raw, "request"):
+            return None
+        check.keys(path, raw, REQUEST_KEYS, "request")
+        method = raw.get("method", "GET")
+        target = raw.get("path", "/headers")
+        headers = raw.get("headers", {})
+        body = raw.get("body")
+        ok = check.text((*path, "method"), method, "request.method")
+        if ok and not _TOKEN.match(method):
+            check.error((*path, "method"), f"'{method}' is not an HTTP method", "use e.g. GET, POST, PUT")
+            ok = False
+        if check.text((*path, "path"), target, "request.path") and not str(target).startswith("/"):
+            check.error((*path, "path"), f"request.path '{target}' must start with '/'", f"write /{target}")
+            ok = False
+        clean: dict[str, str] = {}
+        if check.mapping((*path, "headers"), headers, "request.headers"):
+            for key, value in headers.items():
+                if not isinstance(key, str) or not _TOKEN.match(key):
+                    check.error((*path, "headers", key), f"'{key}' is not a valid header name", key=True)
+                    ok = False
+                elif key.lower() == MARKER_HEADER:
+                    check.error((*path, "headers", key), f"header '{key}' is set by the tool on every probe",
+                                "use another header name", key=True)
+                    ok = False
+                elif not isinstance(value, str | int) or isinstance(value, bool):
+                    check.error((*path, "headers", key), f"header '{key}' must be text, not {value!r}",
+                                "quote the value")
+                    ok = False
+                else:
+                    clean[key] = str(value)
+        else:
+            ok = False
+        if body is not None and not isinstance(body, str):
+            check.error((*path, "body"), f"request.body must be text, not {type_name(body)}",
+                        "quote it or use a block scalar (body: |)")
+            ok = False
+        if not ok:
+            return None
+        return Request(method=str(method).upper(), path=str(target), headers=clean, body=body)
+
+    def _status(self, check: Checker, path: tuple[str | int, ...], status: Any, result: Result, port: Port) -> bool:
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            check.error(path, f"status must be an HTTP status code (100-599), not {status!r}")
+            return False
+        if port.protocol == "tcp":
+            check.error(path, f"port {port.port} is tcp: there is no HTTP status to pin", "drop 'status'", key=True)
+            return False
+        if result is Result.REFUSED:
+            check.error(path, "a refused connection gets no HTTP response, so it has no status",
+                        "drop 'status', or expect a result that answers", key=True)
+            return False
+        fixed = {Result.UNAVAILABLE: 503, Result.DENIED: 403}
+        if result in fixed and status != fixed[result]:
+            check.error(path, f"result {result.value} always answers {fixed[result]}, not {status}",
+                        f"use status: {fixed[result]} or drop it")
+            return False
+        return True
+
+    def _derive(self, check: Checker, scenario: Scenario) -> Scenario:
+        rows: list[Expectation] = []
+        unknown: list[str] = []
+        for prediction in semantics.predict_all(scenario):
+            if prediction.result is Result.UNKNOWN:
+                unknown.append(f"{prediction.source.ref}->{prediction.target.ref}:{prediction.port.port} "
+                               f"({prediction.reason.removeprefix('unknown: ')})")
+                continue
+            rows.append(Expectation(prediction.source, prediction.target, prediction.port, prediction.result,
+                                    mark=check.mark(("expect",)), reason=prediction.reason))
+        if unknown:
+            check.error(("expect",), "expect: derived, but the oracle cannot predict " + "; ".join(unknown),
+                        "write explicit expect rows for this scenario")
+        if not rows and not unknown:
+            check.error(("expect",), "expect: derived, but the topology has no server ports to probe")
+        return dataclasses.replace(scenario, expectations=tuple(rows))
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Load and validate one scenario file. Raises ScenarioError listing every problem."""
+    return _Loader(Path(path)).load()
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """Scenario files under ``paths`` (files as given, directories searched recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and looks_like_scenario(p)))
+        else:
+            found.append(path)
+    return found
+
+
+def load_policies(text: str, topology: Topology, mesh: MeshSettings | None = None,
+                  file: str = "<policies>") -> tuple[tuple[Policy, ...], tuple[Diagnostic, ...]]:
+    """Validate Istio resources against a topology outside a scenario file (used by the fixtures).
+
+    Returns the policies and the warnings; raises ScenarioError on errors.
+    """
+    diagnostics: list[Diagnostic] = []
+    validator = PolicyValidator(topology, mesh or MeshSettings())
+    for document in load_all(text, file):
+        validator.add(Checker(document, diagnostics), (), document.data)
+    validator.warn_traps()
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors:
+        raise ScenarioError(errors)
+    return tuple(validator.policies), tuple(diagnostics)

@@ -1,0 +1,532 @@
+"""Istio's mutual-TLS rules for sidecar mode: the oracle.
+
+Given a scenario, this module says, for every (client, server, Service port), what Istio does and
+why: which PeerAuthentication decides what the server's sidecar accepts, which DestinationRule or
+auto-mTLS decision decides what the client's sidecar sends, and what the client then experiences.
+Every backend derives its configuration or its expectations from here, so the rules live once.
+
+Rule ids (P1..P7 server side, O1..O5 client side, X1..X3 outcome and limits) refer to
+docs/semantics.md, which cites the Istio documentation, tests and code behind each rule.
+Where Istio's behaviour depends on something this module does not model (AuthorizationPolicy,
+ambient mode, routing resources), the result is ``unknown`` with a reason: never a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .model import CLUSTER_DOMAIN, Policy, Port, Request, Result, Scenario, Workload
+
+Mode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
+Sends = Literal["plaintext", "istio-mtls", "tls"]
+
+PEER_AUTHENTICATION = "PeerAuthentication"
+DESTINATION_RULE = "DestinationRule"
+PA_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+DR_TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One link of a decision chain: the rule applied and what it concluded."""
+
+    rule: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.text}"
+
+
+@dataclass(frozen=True)
+class ServerDecision:
+    """What the server's sidecar accepts on one container port (mode None: no sidecar)."""
+
+    workload: Workload
+    target_port: int
+    mode: Mode | None
+    decided_by: str
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class ClientDecision:
+    """What the client's sidecar (or app, without a sidecar) sends to one Service port."""
+
+    client: Workload
+    server: Workload
+    port: Port
+    sends: Sends
+    summary: str
+    steps: tuple[Step, ...]
+    tls_mode: str | None = None  # the DestinationRule tls.mode that decided, if one did
+    destination_rule: Policy | None = None
+    unknown: str = ""  # non-empty: the decision depends on something not modelled
+
+
+@dataclass(frozen=True)
+class Prediction:
+    source: Workload
+    target: Workload
+    port: Port
+    result: Result
+    reason: str
+    steps: tuple[Step, ...]
+    server: ServerDecision
+    client: ClientDecision
+    request: Request = field(default_factory=Request)
+
+    def as_row(self) -> dict[str, Any]:
+        """The public JSON shape of ``predict --json``."""
+        return {
+            "from": self.source.ref,
+            "to": self.target.ref,
+            "port": self.port.port,
+            "result": self.result.value,
+            "reason": self.reason,
+        }
+
+
+# --------------------------------------------------------------------------- server side (P rules)
+
+
+def pa_mode(policy: Policy) -> str:
+    """The top-level mode of a PeerAuthentication; a missing ``mtls`` block means UNSET (P3)."""
+    mtls = policy.spec.get("mtls")
+    if not isinstance(mtls, Mapping):
+        return "UNSET"
+    return str(mtls.get("mode") or "UNSET")
+
+
+def port_level_modes(policy: Policy) -> dict[int, str]:
+    raw = policy.spec.get("portLevelMtls")
+    if not isinstance(raw, Mapping):
+        return {}
+    modes: dict[int, str] = {}
+    for key, value in raw.items():
+        mode = value.get("mode") if isinstance(value, Mapping) else None
+        modes[int(key)] = str(mode or "UNSET")
+    return modes
+
+
+def _scope(policy: Policy, root_namespace: str) -> str:
+    if policy.selector:
+        return "workload"
+    return "mesh-wide" if policy.namespace == root_namespace else "namespace-wide"
+
+
+def _sorted(policies: Iterable[Policy]) -> list[Policy]:
+    return sorted(policies, key=lambda p: p.order)
+
+
+def peer_authentication_levels(
+    scenario: Scenario, workload: Workload
+) -> tuple[Policy | None, Policy | None, Policy | None, list[Step]]:
+    """The mesh-, namespace- and workload-level PeerAuthentications that bind ``workload`` (P1, P4)."""
+    root = scenario.mesh.root_namespace
+    pas = _sorted(scenario.policies_of(PEER_AUTHENTICATION))
+    notes: list[Step] = []
+
+    def oldest(candidates: list[Policy], what: str) -> Policy | None:
+        if not candidates:
+            return None
+        for newer in candidates[1:]:
+            notes.append(Step("P4", f"PeerAuthentication {newer.namespace}/{newer.name} is ignored: {what} "
+                                    f"{candidates[0].namespace}/{candidates[0].name} is older and wins"))
+        return candidates[0]
+
+    mesh = oldest([p for p in pas if p.namespace == root and not p.selector], "the mesh-wide policy")
+    namespace = None
+    workload_level = None
+    if workload.namespace != root:
+        namespace = oldest(
+            [p for p in pas if p.namespace == workload.namespace and not p.selector],
+            "the namespace-wide policy",
+        )
+        workload_level = oldest(
+            [p for p in pas if p.namespace == workload.namespace and p.selector and p.selects(workload)],
+            "the workload policy",
+        )
+    for ignored in pas:
+        if ignored.namespace == root and ignored.selector and _labels_match(ignored.selector, workload):
+            notes.append(Step("P1", f"PeerAuthentication {ignored.namespace}/{ignored.name} has a selector in the "
+                                    f"root namespace {root}: Istio ignores it"))
+    return mesh, namespace, workload_level, notes
+
+
+def _labels_match(selector: Mapping[str, str], workload: Workload) -> bool:
+    return all(workload.labels.get(k) == str(v) for k, v in selector.items())
+
+
+def server_decision(scenario: Scenario, workload: Workload, target_port: int) -> ServerDecision:
+    """Effective PeerAuthentication mode of ``workload`` on container port ``target_port``."""
+    if not workload.sidecar:
+        step = Step("P7", f"{workload.ref} has no sidecar: PeerAuthentication does not bind it; "
+                          "it accepts whatever reaches it and cannot terminate mTLS")
+        return ServerDecision(workload, target_port, None, "no sidecar", (step,))
+
+    mesh, namespace, workload_level, steps = peer_authentication_levels(scenario, workload)
+    mode: str = "PERMISSIVE"
+    decided_by = "default: no PeerAuthentication applies"
+    if not (mesh or namespace or workload_level):
+        steps.append(Step("P3", f"no PeerAuthentication applies to {workload.ref}: PERMISSIVE by default"))
+    # Most specific wins: each level REPLACES the one above unless it is UNSET (P2, P3).
+    for level, policy in (("mesh-wide", mesh), ("namespace-wide", namespace), ("workload", workload_level)):
+        if policy is None:
+            continue
+        policy_mode = pa_mode(policy)
+        where = f"PeerAuthentication {policy.namespace}/{policy.name} ({level})"
+        if policy_mode == "UNSET":
+            steps.append(Step("P3", f"{where} leaves the mode UNSET: {workload.ref} inherits {mode}"))
+            continue
+        if decided_by.startswith("PeerAuthentication"):
+            steps.append(Step("P2", f"{where} sets {policy_mode}, replacing {mode} from the less specific "
+                                    f"{decided_by.removeprefix('PeerAuthentication ')}"))
+        else:
+            steps.append(Step("P1", f"{where} sets {policy_mode}"))
+        mode, decided_by = policy_mode, where
+
+    if workload_level is not None:
+        per_port = port_level_modes(workload_level)
+        if target_port in per_port:
+            port_mode = per_port[target_port]
+            where = (f"PeerAuthentication {workload_level.namespace}/{workload_level.name} "
+                     f"portLevelMtls[{target_port}]")
+            if port_mode == "UNSET":
+                steps.append(Step("P5", f"{where} is UNSET: the port inherits the workload mode {mode}"))
+            else:
+                steps.append(Step("P5", f"{where} sets {port_mode} for container port {target_port}"))
+                mode, decided_by = port_mode, where
+        for key in sorted(set(per_port) - {target_port}):
+            if any(p.port == key and p.target_port != key for p in workload.ports):
+                steps.append(Step("P5", f"portLevelMtls[{key}] of PeerAuthentication {workload_level.namespace}/"
+                                        f"{workload_level.name} names a Service port, not a container port: "
+                                        "Istio ignores it"))
+    assert mode in ("STRICT", "PERMISSIVE", "DISABLE")
+    return ServerDecision(workload, target_port, mode, decided_by, tuple(steps))  # type: ignore[arg-type]
+
+
+def namespace_mode(scenario: Scenario, namespace: str) -> tuple[Mode, str]:
+    """The namespace-level (else mesh-level) mode that auto mTLS uses as its hint (O2.1).
+
+    Workload and port-level policies are deliberately ignored here, exactly like Istio's
+    ``BestEffortInferServiceMTLSMode``.
+    """
+    root = scenario.mesh.root_namespace
+    pas = _sorted(scenario.policies_of(PEER_AUTHENTICATION))
+    mesh = next((p for p in pas if p.namespace == root and not p.selector), None)
+    inherited: str = "PERMISSIVE"
+    inherited_from = "default: no namespace or mesh PeerAuthentication"
+    if mesh is not None:
+        mesh_mode = pa_mode(mesh)
+        inherited = "PERMISSIVE" if mesh_mode == "UNSET" else mesh_mode
+        inherited_from = f"PeerAuthentication {mesh.namespace}/{mesh.name} (mesh-wide)"
+    if namespace != root:
+        ns_policy = next((p for p in pas if p.namespace == namespace and not p.selector), None)
+        if ns_policy is not None:
+            ns_mode = pa_mode(ns_policy)
+            if ns_mode != "UNSET":
+                return ns_mode, f"PeerAuthentication {ns_policy.namespace}/{ns_policy.name} (namespace-wide)"  # type: ignore[return-value]
+            inherited_from = (f"PeerAuthentication {ns_policy.namespace}/{ns_policy.name} (namespace-wide, "
+                              f"UNSET, inherits from {inherited_from})")
+    return inherited, inherited_from  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- client side (O rules)
+
+
+def resolve_host(host: str, namespace: str) -> str:
+    """Istio's ResolveShortnameToFQDN: only names without a dot are qualified with the namespace."""
+    if host == "*" or "." in host:
+        return host
+    return f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    if pattern in ("*", host):
+        return True
+    return pattern.startswith("*.") and host.endswith(pattern[1:])
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    """Exact names beat wildcards; longer wildcards beat shorter ones (Istio's MostSpecificHostMatch)."""
+    return (0, len(pattern)) if pattern.startswith("*") else (1, len(pattern))
+
+
+def export_to(policy: Policy) -> list[str]:
+    raw = policy.spec.get("exportTo")
+    return [str(x) for x in raw] if isinstance(raw, list) and raw else ["*"]
+
+
+def visible_to(policy: Policy, namespace: str) -> bool:
+    """Is a DestinationRule visible to proxies in ``namespace``? (``exportTo``)"""
+    targets = export_to(policy)
+    if policy.namespace == namespace:
+        return any(t in ("*", ".", namespace) for t in targets)
+    return any(t in ("*", namespace) for t in targets)
+
+
+def destination_rule_for(
+    scenario: Scenario, client: Workload, server: Workload
+) -> tuple[list[Policy], list[Step]]:
+    """The DestinationRules that configure ``client``'s traffic to ``server`` (O4).
+
+    Lookup: the client's namespace, then the Service's namespace, then the root namespace; the
+    first namespace with a matching host wins, and within it the most specific host. Rules for
+    the same host in one namespace merge; they are returned oldest first.
+    """
+    root = scenario.mesh.root_namespace
+    host = server.host
+    rules = _sorted(scenario.policies_of(DESTINATION_RULE))
+    steps: list[Step] = []
+    lookup: list[str] = []
+    for ns in (client.namespace, server.namespace, root):
+        if ns not in lookup:
+            lookup.append(ns)
+    for ns in lookup:
+        candidates = [
+            r for r in rules
+            if r.namespace == ns and visible_to(r, client.namespace)
+            and host_matches(resolve_host(str(r.spec.get("host", "")), r.namespace), host)
+        ]
+        if not candidates:
+            continue
+        best = max(_specificity(resolve_host(str(r.spec.get("host", "")), r.namespace)) for r in candidates)
+        chosen = [r for r in candidates
+                  if _specificity(resolve_host(str(r.spec.get("host", "")), r.namespace)) == best]
+        role = "the client's namespace" if ns == client.namespace else (
+            "the Service's namespace" if ns == server.namespace else "the root namespace")
+        names = ", ".join(f"{r.namespace}/{r.name}" for r in chosen)
+        steps.append(Step("O4", f"DestinationRule {names} (host {chosen[0].spec.get('host')}) in {role} {ns} "
+                                f"applies to {client.ref} → {host}"))
+        for loser in candidates:
+            if loser not in chosen:
+                steps.append(Step("O4", f"DestinationRule {loser.namespace}/{loser.name} (host "
+                                        f"{loser.spec.get('host')}) loses to the more specific host"))
+        return chosen, steps
+    return [], steps
+
+
+def dr_tls_for_port(rules: Sequence[Policy], port: Port) -> tuple[Mapping[str, Any] | None, Policy | None, str]:
+    """The ClientTLSSettings in force for ``port`` (portLevelSettings key on the Service port, O3)."""
+    for rule in rules:  # oldest first: the first top-level trafficPolicy wins when rules merge
+        policy = rule.spec.get("trafficPolicy")
+        if not isinstance(policy, Mapping):
+            continue
+        tls = policy.get("tls")
+        where = "trafficPolicy.tls"
+        for setting in policy.get("portLevelSettings") or []:
+            number = (setting.get("port") or {}).get("number") if isinstance(setting, Mapping) else None
+            if number == port.port and isinstance(setting.get("tls"), Mapping):
+                tls, where = setting["tls"], f"portLevelSettings[port {port.port}].tls"
+        return (tls if isinstance(tls, Mapping) else None), rule, where
+    return None, None, ""
+
+
+def client_decision(scenario: Scenario, client: Workload, server: Workload, port: Port) -> ClientDecision:
+    if not client.sidecar:
+        step = Step("O5", f"{client.ref} has no sidecar: it sends exactly what the app sends (plaintext)")
+        return ClientDecision(client, server, port, "plaintext", f"{client.ref} has no sidecar and sends plaintext",
+                              (step,))
+
+    rules, steps = destination_rule_for(scenario, client, server)
+    selector_rules = [r for r in rules if r.spec.get("workloadSelector")]
+    if selector_rules:
+        return ClientDecision(
+            client, server, port, "plaintext", "", tuple(steps),
+            unknown=f"DestinationRule {selector_rules[0].namespace}/{selector_rules[0].name} uses "
+                    "workloadSelector, which the oracle does not model",
+        )
+    tls, rule, where = dr_tls_for_port(rules, port)
+    if tls is not None and rule is not None:
+        # An explicit TLS setting always wins over auto mTLS, even when it breaks traffic (O3).
+        mode = str(tls.get("mode") or "DISABLE")
+        dr = f"DestinationRule {rule.namespace}/{rule.name} {where} mode {mode}"
+        if mode == "DISABLE":
+            sends: Sends = "plaintext"
+            text = f"{client.ref} sends plaintext ({dr})"
+        elif mode == "ISTIO_MUTUAL":
+            sends = "istio-mtls"
+            text = f"{client.ref} sends Istio mTLS ({dr})"
+        else:
+            sends = "tls"
+            text = f"{client.ref} originates TLS with non-mesh credentials ({dr})"
+        steps.append(Step("O3", f"{dr}: an explicit DestinationRule TLS setting overrides auto mTLS"))
+        return ClientDecision(client, server, port, sends, text, tuple(steps), tls_mode=mode, destination_rule=rule)
+    if rules:
+        steps.append(Step("O3", "the DestinationRule sets no TLS for this port: auto mTLS decides"))
+
+    if not scenario.mesh.auto_mtls:
+        steps.append(Step("O1", "meshConfig.enableAutoMtls is false and no DestinationRule sets TLS: plaintext"))
+        return ClientDecision(client, server, port, "plaintext",
+                              f"{client.ref} sends plaintext (autoMtls is off and no DestinationRule sets TLS)",
+                              tuple(steps))
+
+    hint, hint_from = namespace_mode(scenario, server.namespace)
+    if hint == "DISABLE":
+        steps.append(Step("O2", f"auto mTLS: namespace {server.namespace} is DISABLE by {hint_from}, so the client "
+                                "sends plaintext to every endpoint of the Service (workload policies are not "
+                                "consulted)"))
+        return ClientDecision(
+            client, server, port, "plaintext",
+            f"{client.ref} sends plaintext (auto mTLS: namespace {server.namespace} is DISABLE by "
+            f"{hint_from.removeprefix('PeerAuthentication ')})",
+            tuple(steps),
+        )
+    steps.append(Step("O2", f"auto mTLS: namespace hint for {server.namespace} is {hint} ({hint_from}): "
+                            "the decision is made per endpoint"))
+    if not server.sidecar:
+        steps.append(Step("O2", f"endpoint {server.ref} has no sidecar (no tlsMode=istio label): plaintext"))
+        return ClientDecision(client, server, port, "plaintext",
+                              f"{client.ref} sends plaintext (auto mTLS: {server.ref} has no sidecar)", tuple(steps))
+    endpoint = server_decision(scenario, server, port.target_port)
+    if endpoint.mode == "DISABLE":
+        steps.append(Step("O2", f"endpoint {server.ref} port {port.target_port} is DISABLE: plaintext"))
+        return ClientDecision(
+            client, server, port, "plaintext",
+            f"{client.ref} sends plaintext (auto mTLS: {server.ref} port {port.target_port} is DISABLE)",
+            tuple(steps),
+        )
+    steps.append(Step("O2", f"endpoint {server.ref} has a sidecar and port {port.target_port} is not DISABLE: "
+                            "Istio mTLS"))
+    return ClientDecision(client, server, port, "istio-mtls", f"{client.ref} sends Istio mTLS (auto mTLS)",
+                          tuple(steps))
+
+
+# --------------------------------------------------------------------------- outcome and limits (X rules)
+
+# Resources whose effect on a pair this module does not model. Each maps to a test that says
+# whether the resource may change the pair; if so the prediction is ``unknown``.
+AUTHZ_KINDS = ("AuthorizationPolicy", "RequestAuthentication")
+IGNORED_KINDS = ("Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig")
+
+
+def _host_list(policy: Policy) -> list[str]:
+    hosts = policy.spec.get("hosts")
+    return [resolve_host(str(h), policy.namespace) for h in hosts] if isinstance(hosts, list) else []
+
+
+def _binds(policy: Policy, workload: Workload, root: str) -> bool:
+    """Namespace-wide (or mesh-wide in the root namespace) when unselected, else by labels."""
+    selector = policy.spec.get("selector") or policy.spec.get("workloadSelector")
+    labels: Mapping[str, Any] = {}
+    if isinstance(selector, Mapping):
+        raw = selector.get("matchLabels") or selector.get("labels") or {}
+        labels = raw if isinstance(raw, Mapping) else {}
+    if not labels:
+        return policy.namespace in (workload.namespace, root)
+    return policy.namespace == workload.namespace and _labels_match(labels, workload)
+
+
+def unmodelled(scenario: Scenario, client: Workload, server: Workload, request: Request,
+               allowed: bool) -> str:
+    """Why this pair cannot be predicted, or "" when every resource involved is modelled (X2, X3)."""
+    root = scenario.mesh.root_namespace
+    for workload in (client, server):
+        if workload.ambient:
+            return f"{workload.ref} is in ambient mode, which the oracle does not predict"
+    for policy in _sorted(scenario.policies):
+        kind = policy.kind
+        if kind == "AuthorizationPolicy" and allowed and server.sidecar:
+            action = str(policy.spec.get("action") or "ALLOW")
+            if action == "AUDIT":
+                continue
+            if policy.spec.get("targetRef") or policy.spec.get("targetRefs"):
+                if policy.namespace in (server.namespace, root):
+                    return (f"AuthorizationPolicy {policy.namespace}/{policy.name} uses targetRef(s); "
+                            "authorization is not predicted: write an explicit expectation")
+                continue
+            if _binds(policy, server, root):
+                return (f"AuthorizationPolicy {policy.namespace}/{policy.name} ({action}) applies to {server.ref}; "
+                        "authorization is not predicted: write an explicit expectation")
+        elif kind == "RequestAuthentication" and allowed and server.sidecar and _binds(policy, server, root):
+            if any(h.lower() == "authorization" for h in request.headers):
+                return (f"RequestAuthentication {policy.namespace}/{policy.name} validates the request's token; "
+                        "JWT validation is not predicted")
+        elif kind in ("EnvoyFilter", "Sidecar"):
+            for workload in (client, server):
+                if workload.sidecar and _binds(policy, workload, root):
+                    return f"{kind} {policy.namespace}/{policy.name} applies to {workload.ref} and is not modelled"
+        elif kind in ("VirtualService", "ServiceEntry") and client.sidecar and any(
+                host_matches(h, server.host) for h in _host_list(policy)):
+            return (f"{kind} {policy.namespace}/{policy.name} covers host {server.host}; routing resources "
+                        "are not modelled")
+    return ""
+
+
+def _outcome(client: ClientDecision, server: ServerDecision) -> tuple[Result, str, Step]:
+    sidecar_fails = "the client sidecar's upstream connection fails and it answers 503"
+    if client.sends == "plaintext":
+        if server.mode is None:
+            return Result.PLAINTEXT, "plaintext reaches the app", Step("X1", "plaintext to a workload without a "
+                                                                             "sidecar succeeds unencrypted")
+        if server.mode == "STRICT":
+            if client.client.sidecar:
+                return Result.UNAVAILABLE, sidecar_fails, Step(
+                    "X1", "STRICT rejects plaintext from the client sidecar: " + sidecar_fails)
+            return Result.REFUSED, "the server sidecar resets the plaintext connection", Step(
+                "X1", "STRICT matches no filter chain for plaintext: the connection is reset (curl exit 56)")
+        return Result.PLAINTEXT, f"{server.mode} accepts plaintext", Step(
+            "X1", f"{server.mode} accepts plaintext: the request succeeds unencrypted")
+    if client.sends == "istio-mtls":
+        if server.mode is None:
+            return Result.UNAVAILABLE, f"{server.workload.ref} cannot terminate mTLS; {sidecar_fails}", Step(
+                "X1", "Istio mTLS to a workload without a sidecar fails: " + sidecar_fails)
+        if server.mode == "DISABLE":
+            return Result.UNAVAILABLE, f"DISABLE does not terminate mTLS; {sidecar_fails}", Step(
+                "X1", "Istio mTLS to a DISABLE port fails: " + sidecar_fails)
+        return Result.MTLS, f"{server.mode} accepts Istio mTLS", Step(
+            "X1", f"{server.mode} terminates Istio mTLS: the request succeeds encrypted and authenticated")
+    # SIMPLE / MUTUAL with non-mesh credentials.
+    if server.mode == "STRICT" and client.tls_mode == "MUTUAL":
+        return Result.UNKNOWN, "depends on whether the client certificate chains to the mesh CA", Step(
+            "X3", "MUTUAL origination to a STRICT sidecar depends on the certificates: not predicted")
+    return Result.UNAVAILABLE, f"nothing on the server side terminates that TLS; {sidecar_fails}", Step(
+        "X1", "TLS originated with non-mesh credentials is not terminated by the server side: " + sidecar_fails)
+
+
+def _server_text(server: ServerDecision, port: Port) -> str:
+    target = server.workload.ref
+    where = f"{target}:{port.port}"
+    if port.target_port != port.port:
+        where += f" (container port {port.target_port})"
+    if server.mode is None:
+        return f"{target} has no sidecar and accepts plaintext"
+    if server.decided_by.startswith("default"):
+        return f"{where} is {server.mode} (no PeerAuthentication applies)"
+    return f"{where} is {server.mode} by {server.decided_by}"
+
+
+def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
+            request: Request | None = None) -> Prediction:
+    request = request or Request()
+    server = server_decision(scenario, target, port.target_port)
+    client = client_decision(scenario, source, target, port)
+    steps = [*server.steps, *client.steps]
+    if client.unknown:
+        steps.append(Step("X3", client.unknown))
+        return Prediction(source, target, port, Result.UNKNOWN, f"unknown: {client.unknown}", tuple(steps),
+                          server, client, request)
+    result, why, step = _outcome(client, server)
+    steps.append(step)
+    limit = unmodelled(scenario, source, target, request, allowed=result in (Result.MTLS, Result.PLAINTEXT))
+    if limit:
+        steps.append(Step("X2", limit))
+        return Prediction(source, target, port, Result.UNKNOWN, f"unknown: {limit}", tuple(steps), server, client,
+                          request)
+    if result is Result.UNKNOWN:
+        reason = f"{_server_text(server, port)}; {client.summary} → unknown: {why}"
+    else:
+        reason = f"{_server_text(server, port)}; {client.summary} → {result.value} ({why})"
+    return Prediction(source, target, port, result, reason, tuple(steps), server, client, request)
+
+
+def predict_all(scenario: Scenario) -> list[Prediction]:
+    """Every workload × every server port, in topology order (the ``predict`` truth table)."""
+    return [
+        predict(scenario, source, target, port)
+        for source in scenario.topology.workloads
+        for target in scenario.topology.servers
+        for port in target.ports
+    ]

@@ -1,0 +1,204 @@
+"""From an observation to a result, on positive evidence only.
+
+This is the module that keeps the tool honest. A result is returned only when the evidence
+shows *why* it happened; anything else is an error with the reason, never a pass:
+
+- ``mtls``: the request reached the app, the server sidecar completed a TLS handshake, the server
+  side saw the client's SPIFFE identity, and the capture shows TLS records and no marker in clear.
+- ``plaintext``: the request reached the app and the capture shows the marker in clear.
+- ``refused``: no answer, the client has no sidecar, and the server sidecar recorded a rejection
+  (no filter chain matched, or a TLS error on its inbound listener).
+- ``unavailable``: the client's own sidecar answered 503 (or closed a TCP stream) and recorded an
+  upstream connection failure for this Service.
+- ``denied``: 403 ``RBAC: access denied`` and the server sidecar recorded an RBAC denial.
+
+A dead proxy, a dead app, an unresolved name, a timeout, or missing evidence is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .model import Result
+from .observation import Evidence, Observation, ProxyEvidence
+
+INBOUND = "listener.0.0.0.0_15006."
+# Counters on the client's outbound cluster that mean its upstream connection failed.
+UPSTREAM_FAILURES = (
+    ".upstream_cx_connect_fail",
+    ".ssl.connection_error",
+    ".ssl.fail_verify_san",
+    ".ssl.fail_verify_error",
+    ".ssl.fail_verify_no_cert",
+    ".upstream_cx_destroy_remote_with_active_rq",
+    ".upstream_cx_protocol_error",
+    ".upstream_rq_pending_failure_eject",
+)
+# Counters on the server's inbound listener that mean it rejected the connection.
+SERVER_REJECTIONS = (
+    "no_filter_chain_match",
+    "ssl.connection_error",
+    "ssl.fail_verify_no_cert",
+    "ssl.fail_verify_error",
+    "ssl.fail_verify_san",
+)
+# Envoy response flags for "the upstream connection failed" in access logs.
+UPSTREAM_FLAGS = ("UF", "UC", "URX", "UPE")
+
+
+@dataclass
+class Verdict:
+    result: Result | None  # None: no positive evidence, the item is an error
+    because: list[str] = field(default_factory=list)  # the evidence behind the result, for people
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+def _error(message: str, because: list[str] | None = None) -> Verdict:
+    return Verdict(None, because or [], message)
+
+
+def _flags(proxy: ProxyEvidence | None) -> set[str]:
+    flags: set[str] = set()
+    for entry in proxy.access_log if proxy else []:
+        flags.update(str(entry.get("response_flags", "")).replace("-", "").split(","))
+    flags.discard("")
+    return flags
+
+
+def _server_rejected(evidence: Evidence) -> list[str]:
+    server = evidence.server_proxy
+    if server is None:
+        return []
+    found = [f"server sidecar {INBOUND}{name} +{server.count(name, contains=INBOUND)}"
+             for name in SERVER_REJECTIONS if server.count(name, contains=INBOUND)]
+    if "NR" in _flags(server):
+        found.append("server sidecar access log: response flag NR (no filter chain matched)")
+    return found
+
+
+def _client_upstream_failed(observation: Observation) -> list[str]:
+    client = observation.evidence.client_proxy
+    if client is None:
+        return []
+    cluster = observation.probe.outbound_cluster
+    found = [f"client sidecar cluster {cluster}{name} +{client.count(name, contains=cluster)}"
+             for name in UPSTREAM_FAILURES if client.count(name, contains=cluster)]
+    flags = _flags(client) & set(UPSTREAM_FLAGS)
+    if flags:
+        found.append(f"client sidecar access log: response flags {','.join(sorted(flags))}")
+    return found
+
+
+def _faults(observation: Observation) -> list[str]:
+    evidence = observation.evidence
+    faults = list(evidence.faults)
+    for role, proxy in (("client", evidence.client_proxy), ("server", evidence.server_proxy)):
+        if proxy is not None and not proxy.live:
+            faults.append(f"the {role} sidecar of {proxy.workload} is not running")
+    if observation.error == "unresolved":
+        faults.append(f"{observation.probe.target.ref} does not resolve inside {observation.probe.source.ref}"
+                      + (f": {observation.error_detail}" if observation.error_detail else ""))
+    if observation.error == "unreachable":
+        faults.append(f"no route to {observation.probe.target.ref}: {observation.error_detail}")
+    return faults
+
+
+def _allowed(observation: Observation) -> Verdict:
+    """The request reached the app: was the hop between the pods mTLS or plaintext?"""
+    probe, evidence = observation.probe, observation.evidence
+    capture = evidence.capture
+    if capture is None or not capture.found:
+        note = f" ({capture.note})" if capture is not None and capture.note else ""
+        return _error(f"the request reached the app but its connection was not found in the capture{note}; "
+                      "without the packets, encryption cannot be proven either way")
+    wire = f"capture on {capture.interface}: flow {capture.flow}, {capture.packets} packets"
+    server = evidence.server_proxy
+    handshakes = server.count("ssl.handshake", contains=INBOUND) if server is not None else 0
+    expected_identity = probe.source.spiffe()
+
+    if capture.marker_in_clear:
+        because = [f"{wire}, marker in clear"]
+        if handshakes or capture.tls_records:
+            return _error("contradictory evidence: the marker crossed the wire in clear, yet TLS was seen "
+                          f"({handshakes} server handshakes, {capture.tls_records} TLS records)", because)
+        if evidence.peer_identity:
+            return _error(f"contradictory evidence: the marker crossed the wire in clear, yet the server side "
+                          f"saw peer identity {evidence.peer_identity}", because)
+        return Verdict(Result.PLAINTEXT, because)
+
+    missing: list[str] = []
+    if capture.tls_records == 0:
+        missing.append("no TLS records in the captured flow")
+    if server is None:
+        missing.append(f"{probe.target.ref} has no sidecar to terminate mTLS")
+    elif handshakes == 0:
+        missing.append("no TLS handshake on the server sidecar's inbound listener")
+    if not evidence.peer_identity:
+        missing.append("the server side saw no peer identity")
+    elif evidence.peer_identity != expected_identity:
+        return _error(f"the server side saw peer identity {evidence.peer_identity}, expected {expected_identity}")
+    if missing:
+        return _error("the request reached the app, but neither plaintext nor mTLS is proven: "
+                      + "; ".join(missing), [wire])
+    alpn = f", ALPN {','.join(capture.alpn)}" if capture.alpn else ""
+    return Verdict(Result.MTLS, [
+        f"{wire}, {capture.tls_records} TLS records{alpn}, marker not in clear",
+        f"server sidecar {INBOUND}ssl.handshake +{handshakes}",
+        f"peer identity {evidence.peer_identity} ({evidence.identity_source})",
+    ])
+
+
+def decide(observation: Observation) -> Verdict:
+    """Judge one observation. Every return path either names its evidence or is an error."""
+    faults = _faults(observation)
+    if faults:
+        return _error("infrastructure fault: " + "; ".join(faults))
+    probe, evidence = observation.probe, observation.evidence
+    client_sidecar = evidence.client_proxy is not None
+
+    if observation.echoed:
+        return _allowed(observation)
+
+    if observation.status is not None:
+        body = observation.body.strip()
+        if observation.status == 403 and "RBAC: access denied" in body:
+            server = evidence.server_proxy
+            denials = server.count("rbac.denied") if server is not None else 0
+            if denials:
+                return Verdict(Result.DENIED, ["HTTP 403 'RBAC: access denied'",
+                                               f"server sidecar rbac.denied +{denials}"])
+            return _error("HTTP 403 'RBAC: access denied' but the server sidecar recorded no RBAC denial")
+        if observation.status == 503 and client_sidecar:
+            failures = _client_upstream_failed(observation)
+            if failures:
+                return Verdict(Result.UNAVAILABLE, ["HTTP 503 from the client sidecar", *failures])
+            return _error("HTTP 503 but the client sidecar recorded no upstream connection failure for "
+                          f"{probe.outbound_cluster}: the 503 may come from the server side or the app")
+        return _error(f"HTTP {observation.status} without our marker in the answer: the response did not come "
+                      "from the probed app and no policy outcome explains it")
+
+    # No answer at all.
+    if observation.error == "timeout":
+        rejected = _server_rejected(evidence)
+        detail = f" (though {'; '.join(rejected)})" if rejected else ""
+        return _error(f"timed out{detail}: a policy rejection is immediate, so a timeout is never counted as "
+                      "a refusal")
+    if observation.error == "refused":
+        return _error("connection refused (nothing listens on the port): a sidecar or app is not running")
+    if client_sidecar:
+        failures = _client_upstream_failed(observation)
+        if probe.port.protocol == "tcp" and failures:
+            return Verdict(Result.UNAVAILABLE, [f"client saw: {observation.client_saw()}", *failures])
+        return _error(f"the client sidecar gave no answer ({observation.client_saw()})"
+                      + (f" although {'; '.join(failures)}" if failures else ""))
+    rejected = _server_rejected(evidence)
+    if rejected:
+        return Verdict(Result.REFUSED, [f"client saw: {observation.client_saw()}", *rejected])
+    if evidence.server_proxy is None:
+        return _error(f"{observation.client_saw()} from {probe.target.ref}, which has no sidecar: nothing "
+                      "that a policy controls rejected it")
+    return _error(f"{observation.client_saw()}, but the server sidecar recorded no rejection")
