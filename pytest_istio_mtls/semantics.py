@@ -309,7 +309,13 @@ def destination_rule_for(
 
 
 def dr_tls_for_port(rules: Sequence[Policy], port: Port) -> tuple[Mapping[str, Any] | None, Policy | None, str]:
-    """The ClientTLSSettings in force for ``port`` (portLevelSettings key on the Service port, O3)."""
+    """The ClientTLSSettings in force for ``port`` (portLevelSettings key on the Service port, O3).
+
+    Returns (tls, rule, where); ``where`` is "conflict" when a portLevelSettings entry matches the
+    port without a ``tls`` block while the rule has a top-level one: Istio's cluster builder then
+    drops TLS settings (port entries do not inherit) but its endpoint labelling still uses the
+    top-level mode, so the outcome is not predicted.
+    """
     for rule in rules:  # oldest first: the first top-level trafficPolicy wins when rules merge
         policy = rule.spec.get("trafficPolicy")
         if not isinstance(policy, Mapping):
@@ -318,8 +324,13 @@ def dr_tls_for_port(rules: Sequence[Policy], port: Port) -> tuple[Mapping[str, A
         where = "trafficPolicy.tls"
         for setting in policy.get("portLevelSettings") or []:
             number = (setting.get("port") or {}).get("number") if isinstance(setting, Mapping) else None
-            if number == port.port and isinstance(setting.get("tls"), Mapping):
+            if number != port.port:
+                continue
+            if isinstance(setting.get("tls"), Mapping):
                 tls, where = setting["tls"], f"portLevelSettings[port {port.port}].tls"
+            elif isinstance(tls, Mapping):
+                where = "conflict"
+            break
         return (tls if isinstance(tls, Mapping) else None), rule, where
     return None, None, ""
 
@@ -339,6 +350,12 @@ def client_decision(scenario: Scenario, client: Workload, server: Workload, port
                     "workloadSelector, which the oracle does not model",
         )
     tls, rule, where = dr_tls_for_port(rules, port)
+    if where == "conflict" and rule is not None:
+        return ClientDecision(
+            client, server, port, "plaintext", "", tuple(steps), destination_rule=rule,
+            unknown=f"DestinationRule {rule.namespace}/{rule.name} has a portLevelSettings entry for port {port.port} "
+                    "without tls under a top-level tls: Istio's cluster and endpoint code disagree on it",
+        )
     if tls is not None and rule is not None:
         # An explicit TLS setting always wins over auto mTLS, even when it breaks traffic (O3).
         mode = str(tls.get("mode") or "DISABLE")
@@ -408,7 +425,11 @@ def _host_list(policy: Policy) -> list[str]:
 
 
 def _binds(policy: Policy, workload: Workload, root: str) -> bool:
-    """Namespace-wide (or mesh-wide in the root namespace) when unselected, else by labels."""
+    """Namespace-wide (or mesh-wide in the root namespace) when unselected, else by labels.
+
+    A selector in the root namespace matches workloads of every namespace (AuthorizationPolicy,
+    RequestAuthentication and EnvoyFilter all work this way), unlike PeerAuthentication (P1).
+    """
     selector = policy.spec.get("selector") or policy.spec.get("workloadSelector")
     labels: Mapping[str, Any] = {}
     if isinstance(selector, Mapping):
@@ -416,7 +437,7 @@ def _binds(policy: Policy, workload: Workload, root: str) -> bool:
         labels = raw if isinstance(raw, Mapping) else {}
     if not labels:
         return policy.namespace in (workload.namespace, root)
-    return policy.namespace == workload.namespace and _labels_match(labels, workload)
+    return policy.namespace in (workload.namespace, root) and _labels_match(labels, workload)
 
 
 def unmodelled(scenario: Scenario, client: Workload, server: Workload, request: Request,

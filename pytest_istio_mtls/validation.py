@@ -72,7 +72,9 @@ class Checker:
     def text(self, path: tuple[str | int, ...], value: Any, where: str) -> bool:
         if isinstance(value, str) and value:
             return True
-        self.error(path, f"{where} must be non-empty text, not {type_name(value)}")
+        fix = ("YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value"
+               if isinstance(value, bool) else "")
+        self.error(path, f"{where} must be non-empty text, not {type_name(value)}", fix)
         return False
 
     def port_number(self, path: tuple[str | int, ...], value: Any, where: str) -> bool:

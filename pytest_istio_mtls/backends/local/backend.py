@@ -1,0 +1,647 @@
+"""The local backend: real Envoy sidecars in Linux network namespaces, one per workload.
+
+Layout of a run (names carry the run id, so sweeps and concurrent runs never collide):
+a hub namespace ``imtls-<run>-hub`` holding bridge br0 (10.244.0.1/16); per workload a namespace
+``imtls-<run>-<name>.<ns>`` with eth0 (10.244.0.x) on the bridge, a Service ClusterIP (10.96.0.x)
+reached through kube-proxy-like DNAT, /etc/netns hosts entries for cluster DNS names, the app
+(echo server) for server workloads and, for sidecar workloads, Istio's iptables interception and
+an Envoy running as uid 1337. The root network namespace is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from ... import semantics
+from ...evidence import accesslog, capture, identity, stats
+from ...model import MeshSettings, Scenario, Topology, Workload
+from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
+from ...options import Settings
+from ..base import BackendError, Progress
+from . import envoy, prober
+from .capture import PacketCapture, save, to_pcap
+from .certs import CertificateAuthority
+from .state import PREFIX, RunState, kept_runs, new_run, stop_processes, sweep, teardown
+from .system import envoy_binary, require_privileges, require_tools, run
+
+BRIDGE_IP = "10.244.0.1"
+POD_NET = "10.244.0.{}"
+SERVICE_NET = "10.96.0.{}"
+SERVICE_CIDR = "10.96.0.0/16"
+ECHO_SCRIPT = Path(__file__).with_name("echo.py")
+
+
+@dataclass
+class Pod:
+    workload: Workload
+    netns: str
+    veth: str
+    ip: str
+    service_ip: str
+    directory: Path
+    files: envoy.SidecarFiles | None = None
+    envoy: subprocess.Popen[bytes] | None = None
+    app: subprocess.Popen[bytes] | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # lds/cds version written last
+    log_offsets: dict[str, int] = field(default_factory=dict)
+    log_entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return self.workload.ref
+
+
+def iptables_rules(pod: Pod, services: Sequence[tuple[str, int, str, int]]) -> str:
+    """nat rules: Istio's interception for sidecar pods, and kube-proxy's ClusterIP DNAT for every pod."""
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             ":POSTROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]"]
+    if pod.workload.sidecar:
+        uid = envoy.PROXY_UID
+        lines += [":ISTIO_INBOUND - [0:0]", ":ISTIO_IN_REDIRECT - [0:0]", ":ISTIO_OUTPUT - [0:0]",
+                  ":ISTIO_REDIRECT - [0:0]",
+                  "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+                  "-A OUTPUT -p tcp -j ISTIO_OUTPUT"]
+        lines += [f"-A ISTIO_INBOUND -p tcp --dport {port} -j RETURN" for port in (15008, 15090, 15021, 15020)]
+        lines += ["-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
+                  f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {envoy.INBOUND_PORT}",
+                  "-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN"]
+        for match in ("--uid-owner", "--gid-owner"):
+            lines += [f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner {match} {uid} -j ISTIO_IN_REDIRECT",
+                      f"-A ISTIO_OUTPUT -o lo -m owner ! {match} {uid} -j RETURN",
+                      f"-A ISTIO_OUTPUT -m owner {match} {uid} -j RETURN"]
+        lines += ["-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                  "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+                  f"-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports {envoy.OUTBOUND_PORT}"]
+    lines.append("-A OUTPUT -p tcp -j KUBE-SERVICES")
+    lines += [f"-A KUBE-SERVICES -d {sip}/32 -p tcp --dport {sport} -j DNAT --to-destination {pip}:{pport}"
+              for sip, sport, pip, pport in services]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def hosts_file(pod: Pod, pods: Sequence[Pod]) -> str:
+    """What cluster DNS would answer inside this pod: FQDN, name.ns and, in-namespace, the short name."""
+    lines = ["127.0.0.1 localhost", "::1 localhost", f"{pod.ip} {pod.workload.name}"]
+    for other in pods:
+        if not other.workload.is_server:
+            continue
+        name, namespace = other.workload.name, other.workload.namespace
+        names = [other.workload.host, f"{name}.{namespace}.svc", f"{name}.{namespace}"]
+        if namespace == pod.workload.namespace:
+            names.append(name)
+        lines.append(f"{other.service_ip} {' '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.state: RunState | None = None
+        self.pods: dict[str, Pod] = {}
+        self.signature: tuple[Any, ...] | None = None
+        self.scenario: Scenario | None = None
+        self.hub = ""
+        self.capture: PacketCapture | None = None
+        self.ca: CertificateAuthority | None = None
+        self.envoy_path = ""
+        self.envoy_version = ""
+        self.probe_timeout = min(5.0, settings.timeout)
+        self._stats: dict[str, dict[str, int]] = {}
+        self._scenario_count = 0
+
+    # ----------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        require_privileges()
+        require_tools()
+        self.envoy_path = envoy_binary()
+        self.envoy_version = _envoy_version(run([self.envoy_path, "--version"]))
+        for line in sweep():
+            self.progress(f"removed a stale local run: {line}")
+        kept = kept_runs()
+        if kept:
+            self.progress(f"{len(kept)} kept local run(s) still exist ({', '.join(s.run_id for s in kept)}); "
+                          "remove them with: pytest-istio-mtls cleanup")
+        self.state = new_run()
+        self.hub = f"{PREFIX}-{self.state.run_id}-hub"
+        self.state.add_netns(self.hub)
+        run(["ip", "netns", "add", self.hub])
+        run(["ip", "-n", self.hub, "-batch", "-"], stdin=(
+            "link set lo up\nlink add br0 type bridge\nlink set br0 up\n"
+            f"addr add {BRIDGE_IP}/16 dev br0\n"))
+        self.ca = CertificateAuthority(self.state.directory / "certs")
+        self.capture = PacketCapture(self.hub)
+        self.progress(f"local backend: run {self.state.run_id}, Envoy {self.envoy_version}, state in "
+                      f"{self.state.directory}")
+
+    def versions(self) -> dict[str, str]:
+        return {"envoy": self.envoy_version, "kernel": os.uname().release, "python": sys.version.split()[0]}
+
+    def stop(self, keep: bool) -> str:
+        state = self.state
+        if state is None:
+            return ""
+        if keep:
+            state.kept = True
+            state.save()
+            return self._keep_instructions(state)
+        # A second Ctrl-C must not cut teardown short and leak namespaces or processes.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.capture is not None:
+                self.capture.close()
+            problems = teardown(state)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.state = None
+        return "local teardown problems: " + "; ".join(problems) if problems else ""
+
+    def _keep_instructions(self, state: RunState) -> str:
+        lines = [f"local run {state.run_id} kept: {len(self.pods)} pods with their proxies and apps still running.",
+                 f"  files (Envoy configs, logs, certificates): {state.directory}",
+                 "  network namespaces: ip netns list | grep " + state.run_id]
+        for pod in self.pods.values():
+            lines.append(f"  {pod.ref}: ip netns exec {pod.netns} sh   (pod IP {pod.ip}"
+                         + (f", Service {pod.service_ip})" if pod.workload.is_server else ")"))
+        sidecar = next((p for p in self.pods.values() if p.workload.sidecar), None)
+        server = next((p for p in self.pods.values() if p.workload.is_server), None)
+        if sidecar is not None:
+            lines.append(f"  proxy admin: ip netns exec {sidecar.netns} curl -s 127.0.0.1:15000/config_dump")
+        if sidecar is not None and server is not None:
+            port = server.workload.ports[0].port
+            lines.append(f"  a request: ip netns exec {sidecar.netns} curl -s {server.workload.host}:{port}/headers")
+        lines.append(f"  remove it: pytest-istio-mtls cleanup --run {state.run_id}")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------------------------- topology
+
+    def deploy(self, topology: Topology, mesh: MeshSettings) -> None:
+        if self.signature == topology.signature():
+            return
+        assert self.state is not None and self.ca is not None
+        self._remove_pods()
+        empty = Scenario(name="(no policies)", path=Path("."), mesh=mesh, topology=topology)
+        envoy.check_supported(empty)
+        sidecars = sum(1 for w in topology.workloads if w.sidecar)
+        self.progress(f"starting {len(topology.workloads)} pods ({sidecars} with Envoy sidecars)")
+        run_id = self.state.run_id
+        pods = []
+        for index, workload in enumerate(topology.workloads):
+            directory = self.state.directory / "pods" / workload.ref
+            directory.mkdir(parents=True, exist_ok=True)
+            pods.append(Pod(workload, f"{PREFIX}-{run_id}-{workload.ref}", f"v{run_id}{index:03d}",
+                            POD_NET.format(10 + index), SERVICE_NET.format(10 + index), directory))
+        for pod in pods:
+            self.state.add_netns(pod.netns)
+            run(["ip", "netns", "add", pod.netns])
+        run(["ip", "-n", self.hub, "-batch", "-"], stdin="".join(
+            f"link add {p.veth} type veth peer name eth0 netns {p.netns}\n"
+            f"link set {p.veth} master br0\nlink set {p.veth} up\n" for p in pods))
+        services = [(p.service_ip, port.port, p.ip, port.target_port) for p in pods for port in p.workload.ports]
+        for pod in pods:
+            run(["ip", "-n", pod.netns, "-batch", "-"], stdin=(
+                f"link set lo up\naddr add {pod.ip}/16 dev eth0\nlink set eth0 up\n"
+                f"route add {SERVICE_CIDR} dev eth0\n"))
+            run(["ip", "netns", "exec", pod.netns, "iptables-restore"], stdin=iptables_rules(pod, services))
+            etc = Path("/etc/netns", pod.netns)
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(hosts_file(pod, pods), encoding="utf-8")
+            (etc / "resolv.conf").write_text(
+                f"search {pod.workload.namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
+                "nameserver 127.0.0.53\noptions ndots:5\n", encoding="utf-8")
+        self.pods = {p.ref: p for p in pods}
+        assert self.capture is not None
+        for pod in pods:
+            if pod.workload.is_server:
+                self.capture.add_loopback(pod.netns)
+        addresses = self._addresses()
+        for pod in pods:
+            if pod.workload.is_server:
+                self._start_app(pod)
+            if pod.workload.sidecar:
+                self._start_envoy(pod, empty, addresses)
+        self._wait_ready()
+        self.signature = topology.signature()
+        self.scenario = empty
+        self._stats = {}
+
+    def _addresses(self) -> envoy.Addresses:
+        return envoy.Addresses(pod_ip={p.ref: p.ip for p in self.pods.values()},
+                               service_ip={p.ref: p.service_ip for p in self.pods.values()})
+
+    def _spawn(self, pod: Pod, args: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        assert self.state is not None
+        with open(log, "ab") as output:
+            # A new session: Ctrl-C in the terminal reaches pytest (which tears down), not the pods.
+            process = subprocess.Popen(["ip", "netns", "exec", pod.netns, *args], stdout=output, stderr=output,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds)
+        self.state.add_pid(process.pid)
+        return process
+
+    def _start_app(self, pod: Pod) -> None:
+        assert self.state is not None
+        args = [sys.executable, "-I", str(ECHO_SCRIPT), "--tag", f"{PREFIX}-{self.state.run_id}"]
+        for port in {p.target_port: p for p in pod.workload.ports}.values():
+            args += ["--http" if port.protocol == "http" else "--tcp", str(port.target_port)]
+        pod.app = self._spawn(pod, args, pod.directory / "app.log")
+
+    def _start_envoy(self, pod: Pod, scenario: Scenario, addresses: envoy.Addresses) -> None:
+        assert self.state is not None and self.ca is not None
+        sa = pod.workload
+        cert, key = self.ca.issue(sa.namespace, sa.service_account, envoy.PROXY_UID)
+        config_dir = pod.directory / "envoy"
+        config_dir.mkdir(exist_ok=True)
+        pod.files = envoy.SidecarFiles(self.ca.root_path, cert, key, config_dir, pod.directory / "inbound.log",
+                                       pod.directory / "outbound.log")
+        for path in (pod.files.inbound_log, pod.files.outbound_log, pod.directory / "envoy.log"):
+            path.touch()
+            os.chown(path, envoy.PROXY_UID, envoy.PROXY_UID)
+        os.chown(config_dir, envoy.PROXY_UID, envoy.PROXY_UID)
+        self._write_config(pod, scenario, addresses)
+        bootstrap = config_dir / "bootstrap.json"
+        bootstrap.write_text(json.dumps(envoy.bootstrap(pod.workload, pod.ip, pod.files, self.state.run_id)),
+                             encoding="utf-8")
+        binary = os.open(self.envoy_path, os.O_RDONLY)
+        try:
+            pod.envoy = self._spawn(pod, [
+                "setpriv", f"--reuid={envoy.PROXY_UID}", f"--regid={envoy.PROXY_UID}", "--clear-groups",
+                f"/proc/self/fd/{binary}", "-c", str(bootstrap), "--concurrency", "1", "--disable-hot-restart",
+                # Istio's drain settings: a connection opened under an old policy serves one more request.
+                "--drain-time-s", "45", "--drain-strategy", "immediate",
+                # A typo in generated config must fail loudly, never silently weaken a policy.
+                "--reject-unknown-dynamic-fields",
+                "--file-flush-interval-msec", "10", "--log-level", "warning",
+                "--service-cluster", f"{PREFIX}-{self.state.run_id}",
+            ], pod.directory / "envoy.log", pass_fds=(binary,))
+        finally:
+            os.close(binary)
+
+    def _wait_ready(self) -> None:
+        pending: dict[str, str] = {}
+
+        def not_ready() -> bool:
+            pending.clear()
+            for pod in self.pods.values():
+                for process, what in ((pod.app, "app"), (pod.envoy, "sidecar")):
+                    if process is not None and process.poll() is not None:
+                        log = "app.log" if what == "app" else "envoy.log"
+                        tail = (pod.directory / log).read_text(errors="replace")[-600:].strip()
+                        raise BackendError(f"the {what} of {pod.ref} exited with code {process.returncode}: {tail}")
+                for port in pod.workload.ports:
+                    if not prober.accepts(pod.netns, port.target_port, timeout=0.2):
+                        pending[pod.ref] = f"app not listening on {port.target_port}"
+                if pod.envoy is not None:
+                    try:
+                        if prober.admin(pod.netns, "/ready", timeout=0.5).strip() != "LIVE":
+                            pending[pod.ref] = "sidecar not LIVE"
+                    except OSError as exc:
+                        pending[pod.ref] = f"sidecar admin not answering ({exc})"
+            return bool(pending)
+
+        self._poll(not_ready, "pods to start", pending)
+        self._wait_config()
+
+    def _remove_pods(self) -> None:
+        if not self.pods or self.state is None:
+            return
+        pids = [p for pod in self.pods.values() for p in (pod.envoy, pod.app) if p is not None]
+        stop_processes([p.pid for p in pids], self.state.run_id)
+        if self.capture is not None:
+            self.capture.remove_loopbacks()
+        for pod in self.pods.values():
+            run(["ip", "netns", "delete", pod.netns], check=False)
+            with contextlib.suppress(OSError):
+                for name in ("hosts", "resolv.conf"):
+                    Path("/etc/netns", pod.netns, name).unlink(missing_ok=True)
+                Path("/etc/netns", pod.netns).rmdir()
+        self.state.netns = [n for n in self.state.netns if n == self.hub]
+        self.state.etc_dirs = [d for d in self.state.etc_dirs if d.endswith(self.hub)]
+        self.state.pids = [p for p in self.state.pids if p not in {x.pid for x in pids}]
+        self.state.save()
+        self.pods = {}
+        self.signature = None
+
+    # ----------------------------------------------------------------------------------- policies
+
+    def _poll(self, condition: Callable[[], bool], what: str, pending: dict[str, str]) -> None:
+        """Poll ``condition`` (True = keep waiting) until the deadline; report what was still pending."""
+        retrying = Retrying(stop=stop_after_delay(self.settings.timeout), wait=wait_fixed(0.005),
+                            retry=retry_if_result(bool))
+        try:
+            retrying(condition)
+        except RetryError:
+            details = "; ".join(f"{k}: {v}" for k, v in pending.items())
+            raise BackendError(f"timed out after {self.settings.timeout:.0f} s waiting for {what}: {details}") from None
+
+    def _write_config(self, pod: Pod, scenario: Scenario, addresses: envoy.Addresses) -> bool:
+        """Write LDS/CDS atomically (rename), only when they changed; True if anything was written."""
+        assert pod.files is not None
+        changed = False
+        for kind, document, path in (("lds", envoy.listeners(scenario, pod.workload, addresses, pod.files),
+                                      pod.files.lds),
+                                     ("cds", envoy.clusters(scenario, pod.workload, addresses, pod.files),
+                                      pod.files.cds)):
+            if pod.versions.get(kind) == document["version_info"]:
+                continue
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(document), encoding="utf-8")
+            os.replace(temporary, path)  # Envoy's watched directory sees one atomic move
+            pod.versions[kind] = document["version_info"]
+            changed = True
+        return changed
+
+    def _wait_config(self) -> None:
+        """Return once every sidecar has accepted the configuration written and nothing is warming.
+
+        ``version_text`` is the version of the last *accepted* LDS/CDS update; warming counters
+        going to zero means the new listeners and clusters serve on the workers.
+        """
+        pending: dict[str, str] = {}
+        wanted = (r"^(listener_manager\.lds\.(version_text|update_rejected)|cluster_manager\.cds\.(version_text|"
+                  r"update_rejected)|listener_manager\.total_listeners_warming|cluster_manager\.warming_clusters)$")
+
+        def stale() -> bool:
+            pending.clear()
+            for pod in self.pods.values():
+                if pod.envoy is None:
+                    continue
+                try:
+                    text = prober.admin(pod.netns, "/stats?filter=" + _quote(wanted))
+                except OSError as exc:
+                    pending[pod.ref] = f"admin not answering ({exc})"
+                    continue
+                values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+                lds = values.get("listener_manager.lds.version_text", "").strip('"')
+                cds = values.get("cluster_manager.cds.version_text", "").strip('"')
+                if lds == pod.versions["lds"] and cds == pod.versions["cds"] and values.get(
+                        "listener_manager.total_listeners_warming") == "0" and values.get(
+                        "cluster_manager.warming_clusters") == "0":
+                    continue
+                if int(values.get("listener_manager.lds.update_rejected", "0")) + int(
+                        values.get("cluster_manager.cds.update_rejected", "0")):
+                    log = (pod.directory / "envoy.log").read_text(errors="replace")[-800:]
+                    raise BackendError(f"the sidecar of {pod.ref} rejected its configuration: {log.strip()}")
+                pending[pod.ref] = (f"serving listeners {lds or '?'} (want {pod.versions['lds']}), clusters "
+                                    f"{cds or '?'} (want {pod.versions['cds']})")
+            return bool(pending)
+
+        self._poll(stale, "the sidecars to load the new configuration", pending)
+
+    def apply(self, scenario: Scenario) -> None:
+        try:
+            envoy.check_supported(scenario)
+            addresses = self._addresses()
+            changed = [pod.ref for pod in self.pods.values()
+                       if pod.files is not None and self._write_config(pod, scenario, addresses)]
+        except envoy.UnsupportedPolicy as exc:
+            raise BackendError(str(exc)) from None
+        started = time.monotonic()
+        self._wait_config()
+        self.scenario = scenario
+        self._scenario_count += 1
+        if changed:
+            self.progress(f"policies in force on {len(changed)} sidecars after "
+                          f"{(time.monotonic() - started) * 1000:.0f} ms")
+
+    def clear(self) -> None:
+        if self.scenario is not None and self.scenario.policies:
+            self.apply(replace(self.scenario, name="(no policies)", policies=()))
+
+    # ----------------------------------------------------------------------------------- probes
+
+    def _read_stats(self, pod: Pod) -> dict[str, int] | None:
+        try:
+            return stats.parse_stats(prober.admin(pod.netns, "/stats?filter=" + _quote(stats.STATS_FILTER)))
+        except OSError:
+            return None
+
+    def _resolve(self, client: Pod, target: Workload) -> str | None:
+        """Resolve the target's FQDN the way the client pod would: through its hosts file."""
+        try:
+            text = Path("/etc/netns", client.netns, "hosts").read_text(encoding="utf-8")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 1 and target.host in fields[1:]:
+                return fields[0]
+        return None
+
+    def _health(self, pods: Sequence[Pod], probe: Probe) -> list[str]:
+        faults = []
+        for pod in pods:
+            for process, what in ((pod.envoy, "sidecar"), (pod.app, "app")):
+                if process is not None and process.poll() is not None:
+                    faults.append(f"the {what} of {pod.ref} is not running (exit {process.returncode})")
+        server = self.pods[probe.target.ref]
+        if server.app is not None and server.app.poll() is None and not prober.accepts(
+                server.netns, probe.port.target_port, timeout=0.5):
+            faults.append(f"the app of {server.ref} does not accept connections on port {probe.port.target_port}")
+        return faults
+
+    def probe(self, probes: Sequence[Probe]) -> list[Observation]:
+        """Probe one at a time (per-probe stats deltas and captures), then join the access logs."""
+        if self.capture is None:
+            raise BackendError("the local backend was not started")
+        sent = [self._probe_one(probe) for probe in probes]
+        observations = [observation for observation, _, _ in sent]
+        locals_ = [local for _, _, local in sent]
+        self._wait_logs(probes, observations, locals_)
+        for probe, (observation, pcap, local) in zip(probes, sent, strict=True):
+            self._attach(probe, observation, pcap, local)
+        return observations
+
+    def _probe_one(self, probe: Probe) -> tuple[Observation, bytes, tuple[str, int] | None]:
+        assert self.capture is not None
+        client = self.pods.get(probe.source.ref)
+        server = self.pods.get(probe.target.ref)
+        observation = Observation(probe)
+        if client is None or server is None:
+            missing = probe.source.ref if client is None else probe.target.ref
+            observation.evidence.faults.append(f"workload {missing} is not deployed")
+            return observation, b"", None
+        involved = {p.ref: p for p in (client, server) if p.workload.sidecar}
+        faults = self._health([client, server], probe)
+        before = {ref: self._stats.get(ref) or self._read_stats(pod) for ref, pod in involved.items()}
+        self.capture.drain()  # discard frames of earlier traffic
+        address = self._resolve(client, probe.target)
+        if faults:
+            observation.evidence.faults.extend(faults)
+            response = prober.Response()
+        elif address is None:
+            response = prober.Response(error="unresolved",
+                                       detail=f"{probe.target.host} is not in /etc/netns/{client.netns}/hosts")
+        elif probe.port.protocol == "http":
+            response = prober.http(client.netns, (address, probe.port.port), probe.target.host, probe.request,
+                                   probe.marker, self.probe_timeout)
+        else:
+            response = prober.tcp(client.netns, (address, probe.port.port), probe.marker, self.probe_timeout)
+        drained = self.capture.drain()
+        frames = drained.get(f"{server.netns}:lo" if client is server else server.veth, [])
+        observation.status, observation.body = response.status, response.body[:4000]
+        observation.error, observation.error_detail = response.error, response.detail  # type: ignore[assignment]
+        observation.latency_ms, observation.echoed = response.latency_ms, response.echoed
+        evidence = observation.evidence
+        for ref, pod in involved.items():
+            after = self._read_stats(pod)
+            live = after is not None and pod.envoy is not None and pod.envoy.poll() is None
+            previous = before.get(ref)
+            moved = stats.delta(previous, after) if after is not None and previous is not None else {}
+            if after is not None:
+                self._stats[ref] = after
+            # A self-call has one proxy in both roles: separate objects keep their log entries apart.
+            if pod is client:
+                evidence.client_proxy = ProxyEvidence(ref, dict(moved), live=live)
+            if pod is server:
+                evidence.server_proxy = ProxyEvidence(ref, dict(moved), live=live)
+        if response.echoed and probe.port.protocol == "http":
+            peer = identity.peer_from_echo(response.body)
+            if peer:
+                evidence.peer_identity, evidence.identity_source = peer, "xfcc"
+        if not faults:  # something may have died during the probe
+            evidence.faults.extend(self._health([client, server], probe))
+        return observation, to_pcap(frames), response.local
+
+    def _read_logs(self, pod: Pod) -> None:
+        assert pod.files is not None
+        for path in (pod.files.inbound_log, pod.files.outbound_log):
+            offset = pod.log_offsets.get(str(path), 0)
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+            complete = data.rfind(b"\n") + 1
+            pod.log_offsets[str(path)] = offset + complete
+            pod.log_entries.extend(accesslog.parse(data[:complete].decode("utf-8", "replace").splitlines()))
+
+    def _entries(self, ref: str, direction: str, remote: tuple[str, int] | None) -> list[dict[str, Any]]:
+        pod = self.pods.get(ref)
+        if pod is None or remote is None:
+            return []
+        return accesslog.matching(pod.log_entries, downstream_remote_address=f"{remote[0]}:{remote[1]}",
+                                  direction=direction)
+
+    def _wait_logs(self, probes: Sequence[Probe], observations: Sequence[Observation],
+                   locals_: Sequence[tuple[str, int] | None]) -> None:
+        """Wait (bounded) for the access-log entries the evidence needs, then attach them.
+
+        Envoy flushes access logs every 10 ms; an entry that never comes leaves the evidence
+        incomplete, and the verdict then refuses to pass the probe.
+        """
+        sidecars = [pod for pod in self.pods.values() if pod.workload.sidecar]
+        pending: dict[str, str] = {}
+
+        def missing() -> bool:
+            pending.clear()
+            for pod in sidecars:
+                self._read_logs(pod)
+            for probe, observation, local in zip(probes, observations, locals_, strict=True):
+                evidence = observation.evidence
+                if evidence.client_proxy is not None and local is not None:
+                    evidence.client_proxy.access_log = self._entries(probe.source.ref, "outbound", local)
+                    if not evidence.client_proxy.access_log:
+                        pending[probe.pair] = "client sidecar access-log entry"
+                        continue
+                # A TCP peer identity is only in the server sidecar's log (no XFCC on raw TCP).
+                if evidence.server_proxy is not None and observation.echoed:
+                    wire = self._wire_source(observation, local)
+                    evidence.server_proxy.access_log = self._entries(probe.target.ref, "inbound", wire)
+                    if not evidence.server_proxy.access_log:
+                        pending[probe.pair] = "server sidecar access-log entry"
+            return bool(pending)
+
+        with contextlib.suppress(BackendError):
+            self._poll(missing, "access logs", pending)
+
+    def _wire_source(self, observation: Observation, local: tuple[str, int] | None) -> tuple[str, int] | None:
+        """The client's address on the wire: its sidecar's upstream socket, or the app's own socket."""
+        client_proxy = observation.evidence.client_proxy
+        if client_proxy is None:
+            return local
+        for entry in client_proxy.access_log:
+            host, _, port = str(entry.get("upstream_local_address", "")).rpartition(":")
+            if port.isdigit():
+                return host, int(port)
+        return None
+
+    def _attach(self, probe: Probe, observation: Observation, pcap: bytes, local: tuple[str, int] | None) -> None:
+        """Capture analysis and server-side log entries for one probe, joined on the wire address."""
+        server = self.pods.get(probe.target.ref)
+        if server is None or local is None:
+            return
+        evidence = observation.evidence
+        wire = self._wire_source(observation, local)
+        path = ""
+        if self.settings.report is not None:
+            scenario = self.scenario.name if self.scenario is not None else "scenario"
+            name = probe.pair.replace("/", "_").replace(" ", "_")
+            path = save(self.settings.report / "captures" / scenario / f"{name}.pcap", pcap)
+        interface = f"{server.ref} lo" if probe.source.ref == server.ref else f"{server.veth} ({server.ref} eth0)"
+        if wire is None:
+            evidence.capture = CaptureEvidence(interface=interface, pcap=path, note=(
+                "the client sidecar logged no upstream connection for this request"))
+        else:
+            # A sidecar's call to its own pod is redirected to its inbound listener before it reaches lo.
+            destination = (("127.0.0.1", envoy.INBOUND_PORT) if probe.source.ref == server.ref and server.workload.sidecar
+                           else (server.ip, probe.port.target_port))
+            evidence.capture = capture.analyse(pcap, interface=interface, server=destination, client=wire,
+                                               marker=probe.marker, pcap_path=path)
+        if evidence.server_proxy is not None and wire is not None:
+            evidence.server_proxy.access_log = self._entries(server.ref, "inbound", wire)
+            if not evidence.peer_identity:
+                peer = next((str(e["downstream_peer_uri_san"]) for e in evidence.server_proxy.access_log
+                             if str(e.get("downstream_peer_uri_san", "-")).startswith("spiffe://")), "")
+                if peer:
+                    evidence.peer_identity, evidence.identity_source = peer, "access-log"
+
+    # ----------------------------------------------------------------------------------- diagnostics
+
+    def diagnostics(self, probes: Sequence[Probe]) -> dict[str, str]:
+        sections: dict[str, str] = {}
+        scenario = self.scenario
+        if scenario is not None:
+            sections["policies in force"] = "\n".join(p.ref for p in scenario.policies) or "(none)"
+            lines = []
+            for probe in probes:
+                server = semantics.server_decision(scenario, probe.target, probe.port.target_port)
+                client = semantics.client_decision(scenario, probe.source, probe.target, probe.port)
+                lines.append(f"{probe.pair}: server port {probe.port.target_port} configured "
+                             f"{server.mode or 'without sidecar'}; client configured to send {client.sends}")
+            sections["sidecar configuration"] = "\n".join(lines)
+        for ref in sorted({p.source.ref for p in probes} | {p.target.ref for p in probes}):
+            pod = self.pods.get(ref)
+            if pod is None or pod.envoy is None:
+                continue
+            log = (pod.directory / "envoy.log").read_text(errors="replace").strip().splitlines()[-5:]
+            if log:
+                sections[f"envoy log {ref}"] = "\n".join(log)
+        return sections
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+
+def _envoy_version(text: str) -> str:
+    """'envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL' → '1.40.0'."""
+    import re
+
+    match = re.search(r"version: \S+?/(\d+\.\d+\.\d+)/", text)
+    return match.group(1) if match else text.strip()[-60:]

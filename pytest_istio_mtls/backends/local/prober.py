@@ -1,0 +1,180 @@
+"""Probes sent from inside a pod: a socket created in the pod's namespace, so its iptables apply.
+
+Also the tiny HTTP client used for Envoy's admin endpoint (127.0.0.1:15000 inside the pod).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from dataclasses import dataclass
+
+from ...model import Request
+from .system import netns_socket
+
+MARKER_HEADER = "X-Istio-Mtls-Probe"
+
+
+@dataclass
+class Response:
+    status: int | None = None
+    body: str = ""
+    error: str | None = None  # observation.TransportError values
+    detail: str = ""
+    local: tuple[str, int] | None = None  # the client socket's address (the wire source without a sidecar)
+    latency_ms: float = 0.0
+    echoed: bool = False
+
+
+def _connect(netns: str, address: tuple[str, int], timeout: float, response: Response) -> socket.socket | None:
+    sock = netns_socket(netns)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address)
+    except ConnectionRefusedError:
+        response.error, response.detail = "refused", f"connection to {address[0]}:{address[1]} refused"
+    except TimeoutError:
+        response.error, response.detail = "timeout", f"connect to {address[0]}:{address[1]} timed out"
+    except OSError as exc:
+        kind = "unreachable" if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "closed"
+        response.error, response.detail = kind, str(exc)
+    else:
+        local = sock.getsockname()
+        response.local = (str(local[0]), int(local[1]))
+        return sock
+    sock.close()
+    return None
+
+
+def _receive(sock: socket.socket, response: Response, deadline: float, expect: int | None = None) -> bytes:
+    data = b""
+    while expect is None or len(data) < expect:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            response.error, response.detail = "timeout", "no complete answer before the deadline"
+            break
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            response.error, response.detail = "reset", "connection reset by peer"
+            break
+        except TimeoutError:
+            response.error, response.detail = "timeout", "no complete answer before the deadline"
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def http(netns: str, address: tuple[str, int], host: str, request: Request, marker: str,
+         timeout: float) -> Response:
+    """One HTTP/1.1 request on a fresh connection (Connection: close), like ``curl`` would send it."""
+    response = Response()
+    started = time.monotonic()
+    sock = _connect(netns, address, timeout, response)
+    if sock is None:
+        response.latency_ms = (time.monotonic() - started) * 1000
+        return response
+    body = (request.body if request.body is not None else marker + "\n").encode()
+    lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {host}:{address[1]}",
+             "User-Agent: pytest-istio-mtls", "Accept: */*", f"{MARKER_HEADER}: {marker}"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    lines += ["Content-Type: text/plain", f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    try:
+        sock.sendall("\r\n".join(lines).encode() + body)
+        data = _receive(sock, response, started + timeout)
+    except OSError as exc:
+        response.error, response.detail, data = "reset", str(exc), b""
+    finally:
+        sock.close()
+    response.latency_ms = (time.monotonic() - started) * 1000
+    if data:
+        head, _, payload = data.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ")
+        if len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1].isdigit():
+            response.status, response.error, response.detail = int(parts[1]), None, ""
+            if b"transfer-encoding: chunked" in head.lower():
+                payload = _dechunk(payload)
+            response.body = payload.decode("utf-8", "replace")
+            response.echoed = marker in response.body
+        elif response.error is None:
+            response.error, response.detail = "closed", f"not an HTTP answer: {data[:80]!r}"
+    elif response.error is None:
+        response.error, response.detail = "closed", "connection closed without an answer"
+    return response
+
+
+def _dechunk(payload: bytes) -> bytes:
+    body, rest = b"", payload
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        body, rest = body + rest[:size], rest[size + 2:]
+    return body
+
+
+def tcp(netns: str, address: tuple[str, int], marker: str, timeout: float) -> Response:
+    """Send one marker line and expect it echoed back byte for byte."""
+    response = Response()
+    started = time.monotonic()
+    sock = _connect(netns, address, timeout, response)
+    if sock is None:
+        response.latency_ms = (time.monotonic() - started) * 1000
+        return response
+    line = (marker + "\n").encode()
+    try:
+        sock.sendall(line)
+        data = _receive(sock, response, started + timeout, expect=len(line))
+    except OSError as exc:
+        response.error, response.detail, data = "reset", str(exc), b""
+    finally:
+        sock.close()
+    response.latency_ms = (time.monotonic() - started) * 1000
+    response.body = data.decode("utf-8", "replace")
+    response.echoed = data == line
+    if response.echoed:
+        response.error, response.detail = None, ""
+    elif response.error is None:
+        response.error = "closed"
+        response.detail = "connection closed without the echo" if not data else f"unexpected echo {data[:80]!r}"
+    return response
+
+
+def admin(netns: str, path: str, timeout: float = 2.0) -> str:
+    """GET an Envoy admin path inside ``netns``; raises OSError when the proxy does not answer."""
+    sock = netns_socket(netns)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(("127.0.0.1", 15000))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(262144):
+            data += chunk
+    finally:
+        sock.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace") or "no answer"
+        raise OSError(f"admin {path}: {status}")
+    if b"transfer-encoding: chunked" in head.lower():
+        payload = _dechunk(payload)
+    return payload.decode("utf-8", "replace")
+
+
+def accepts(netns: str, port: int, timeout: float = 1.0) -> bool:
+    """Does something listen on 127.0.0.1:port inside ``netns``? (the app health check)"""
+    sock = netns_socket(netns)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True

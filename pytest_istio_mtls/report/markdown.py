@@ -1,0 +1,169 @@
+"""report.md: the truth tables as GitHub-flavoured Markdown, sized for ``$GITHUB_STEP_SUMMARY``.
+
+GitHub rejects a step summary over 1 MiB, so the output is kept under ``CAP_BYTES``: the tables
+always fit, and the list of wrong/errored rows is cut (saying how many were left out) when the
+whole would not. Raw evidence is never included: report.json and report.html carry it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .model import Report, Row, ScenarioReport
+from .terminal import (
+    cell_text,
+    disagrees,
+    duration_text,
+    error_summary,
+    expected_text,
+    is_prediction,
+    matrix,
+    observed_text,
+    pair_text,
+    predicted_counts,
+)
+
+CAP_BYTES = 900 * 1024
+# One failure message may carry pages of diagnostics; cap each so many rows fit, not just the first.
+MESSAGE_LINES = 60
+MESSAGE_CHARS = 6000
+_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+_MARKS = {"correct": "✅", "wrong": "❌", "error": "⚠️"}
+
+
+def _md(text: str) -> str:
+    """Literal text in Markdown: no HTML tags or entities, no emphasis, and ``|`` cannot end a table cell."""
+    return _SPECIAL.sub(r"\\\1", text.replace("&", "&amp;").replace("<", "&lt;"))
+
+
+def _size(lines: list[str]) -> int:
+    return sum(len(line.encode("utf-8")) + 1 for line in lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return f"✅ {counts['correct']} correct · ❌ {counts['wrong']} wrong · ⚠️ {counts['error']} errors"
+
+
+def _table(scenario: ScenarioReport) -> list[str]:
+    grid = matrix(scenario)
+    lines = [
+        "| from \\ to | " + " | ".join(_md(column) for column in grid.columns) + " |",
+        "|---" * (len(grid.columns) + 1) + "|",
+    ]
+    for client in grid.clients:
+        cells = ["<br>".join(_md(cell_text(row, _MARKS)) for row in grid.cells.get((client, column), [])) or "·"
+                 for column in grid.columns]
+        lines.append(f"| **{_md(client)}** | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fenced(text: str, indent: str) -> list[str]:
+    """A code block whose fence is longer than any backtick run inside, so the message cannot close it."""
+    lines = text.splitlines()
+    if len(lines) > MESSAGE_LINES or len(text) > MESSAGE_CHARS:
+        lines = text[:MESSAGE_CHARS].splitlines()[:MESSAGE_LINES]
+        lines.append("… (cut; the full message is in report.json)")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{indent}{fence}text", *(indent + line for line in lines), f"{indent}{fence}"]
+
+
+def _item(row: Row) -> list[str]:
+    """One wrong/errored row (or, in a prediction, a disagreement) of the details list."""
+    pair = f"**{_md(pair_text(row))}**"
+    if row.status == "predicted":
+        return [f"- {pair}: the file expects {_md(row.expected or '')}, the oracle predicts "
+                f"{_md(row.predicted)}: {_md(row.reason)}"]
+    if row.status == "wrong":
+        head = f"- ❌ {pair} expected {_md(expected_text(row))}, observed {_md(observed_text(row))}"
+    else:
+        head = f"- ⚠️ {pair} expected {_md(expected_text(row))}: {_md(error_summary(row.message))}"
+    return [head, "", *_fenced(row.message, "  "), ""] if row.message else [head, ""]
+
+
+def _details(scenario: ScenarioReport) -> list[list[str]]:
+    return [_item(row) for row in scenario.rows
+            if row.status in ("wrong", "error") or (row.status == "predicted" and disagrees(row))]
+
+
+def _head(report: Report) -> list[str]:
+    versions = "".join(f" · {_md(key)} {_md(value)}" for key, value in report.versions.items())
+    if is_prediction(report):
+        rows = [row for scenario in report.scenarios for row in scenario.rows]
+        disagreeing = sum(disagrees(row) for row in rows)
+        return [
+            "# Istio mTLS report", "",
+            f"**oracle prediction** (no mesh){versions} · started {_md(report.started)}", "",
+            f"{predicted_counts(rows)} · {disagreeing} disagree with the scenario files", "",
+        ]
+    failed = sum(1 for scenario in report.scenarios if scenario.error)
+    scenario_errors = f" · ⚠️ {failed} scenario errors" if failed else ""
+    return [
+        "# Istio mTLS report", "",
+        f"**backend** {_md(report.backend)}{versions} · started {_md(report.started)} · "
+        f"took {duration_text(report.duration_s)}", "",
+        _counts(report.counts()) + scenario_errors, "",
+    ]
+
+
+def _section(scenario: ScenarioReport, predict: bool) -> list[str]:
+    lines = [f"## {_md(scenario.name)}", "", f"file: {_md(scenario.file)}", ""]
+    if scenario.description:
+        lines += [_md(scenario.description.strip()), ""]
+    if scenario.policies:
+        lines += ["Policies: " + ", ".join(_md(policy) for policy in scenario.policies), ""]
+    if scenario.error:
+        lines += [f"> ⚠️ **scenario error:** {_md(error_summary(scenario.error))}", ""]
+    if scenario.rows:
+        lines += [*_table(scenario), ""]
+    lines += [predicted_counts(scenario.rows) if predict else _counts(scenario.counts()), ""]
+    return lines
+
+
+def _warnings(scenario: ScenarioReport) -> list[str]:
+    if not scenario.warnings:
+        return []
+    return ["**Warnings**", "", *(f"- {_md(warning)}" for warning in scenario.warnings), ""]
+
+
+def _details_heading(predict: bool) -> list[str]:
+    return ["### " + ("Disagreements with the scenario file" if predict else "Wrong and errored rows"), ""]
+
+
+def render_markdown(report: Report) -> str:
+    """The Markdown report; the details list is cut to keep the whole under ``CAP_BYTES``."""
+    predict = is_prediction(report)
+    head = _head(report)
+    sections = [(_section(s, predict), _details(s), _warnings(s)) for s in report.scenarios]
+    fixed = _size(head) + sum(_size(top) + _size(tail) + _size(_details_heading(predict)) + 200
+                              for top, _, tail in sections)
+    budget = CAP_BYTES - fixed
+    out = list(head)
+    full = False
+    for top, items, tail in sections:
+        out += top
+        if items:
+            out += _details_heading(predict)
+            shown = 0
+            for item in items:
+                size = _size(item)
+                if full or size > budget:
+                    full = True
+                    break
+                out += item
+                budget -= size
+                shown += 1
+            if shown < len(items):
+                out += [f"_… {len(items) - shown} more rows not shown: report.md is kept under "
+                        f"{CAP_BYTES // 1024} KiB for GitHub's step summary; see report.html or report.json._", ""]
+        out += tail
+    return _cap("\n".join(out).rstrip("\n") + "\n")
+
+
+def _cap(text: str) -> str:
+    """Last resort when even the tables exceed the cap: cut the text, since GitHub would reject it all."""
+    data = text.encode("utf-8")
+    if len(data) <= CAP_BYTES:
+        return text
+    note = "\n\n_… cut: report.md is kept under GitHub's step-summary limit; see report.html or report.json._\n"
+    return data[: CAP_BYTES - len(note.encode("utf-8"))].decode("utf-8", "ignore") + note

@@ -1,0 +1,178 @@
+"""The terminal truth table: one compact matrix per scenario, printed by pytest and ``predict``.
+
+The output is deterministic (no timestamps, first-seen order) so it can be diffed between runs
+and pinned in tests. The layout helpers here (``matrix``, ``expected_text``...) are shared by the
+Markdown and HTML renderers so all three formats show a scenario the same way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..model import Result
+from .model import Report, Row, ScenarioReport
+
+# The order results are counted in for prediction reports (the oracle never predicts allowed/blocked).
+PREDICTED_ORDER = ("mtls", "plaintext", "refused", "unavailable", "denied", "unknown")
+MAX_LINE = 160
+ERROR_PREFIX = "observed: ERROR: "
+MARKS = {"correct": "✓", "wrong": "✗", "error": "!"}
+NO_ROW = "·"
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A scenario laid out as clients × ``target:port``; a cell holds one row per request."""
+
+    clients: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], list[Row]]
+
+
+def matrix(scenario: ScenarioReport) -> Matrix:
+    """Rows and columns in first-seen order, so the table follows the scenario file's order."""
+    cells: dict[tuple[str, str], list[Row]] = {}
+    for row in scenario.rows:
+        cells.setdefault((row.source, row.column), []).append(row)
+    return Matrix(
+        clients=list(dict.fromkeys(row.source for row in scenario.rows)),
+        columns=list(dict.fromkeys(row.column for row in scenario.rows)),
+        cells=cells,
+    )
+
+
+def is_prediction(report: Report) -> bool:
+    return report.backend == "predict"
+
+
+def disagrees(row: Row) -> bool:
+    """A prediction the scenario's explicit expectation does not accept (``unknown`` never disagrees:
+    the oracle abstained, as ``pytest-istio-mtls check`` reports it)."""
+    if row.expected is None or row.predicted == Result.UNKNOWN.value:
+        return False
+    return not Result(row.expected).covers(Result(row.predicted))
+
+
+def expected_text(row: Row) -> str:
+    """The expectation, with its HTTP status when the scenario pins one (else a status-only mismatch
+    would read ``mtls (exp mtls)``)."""
+    status = f" HTTP {row.expected_http_status}" if row.expected_http_status is not None else ""
+    return f"{row.expected}{status}"
+
+
+def observed_text(row: Row) -> str:
+    status = f" HTTP {row.http_status}" if row.expected_http_status is not None else ""
+    return f"{row.observed or 'error'}{status}"
+
+
+def pair_text(row: Row) -> str:
+    """``from->to:port[METHOD /path]``: the same id as the pytest item."""
+    request = f"[{row.request}]" if row.request else ""
+    return f"{row.source}->{row.target}:{row.port}{request}"
+
+
+def error_summary(message: str) -> str:
+    """The backend's error from a failure message (its ``observed: ERROR:`` line), else the first line."""
+    lines = message.splitlines()
+    for line in lines:
+        _, found, rest = line.partition(ERROR_PREFIX)
+        if found:
+            return rest.strip()
+    return lines[0].strip() if lines else ""
+
+
+def clip(text: str, limit: int = MAX_LINE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def predicted_counts(rows: list[Row]) -> str:
+    """``N pairs: N mtls, N plaintext, ...`` with only the results that occur."""
+    counts = Counter(row.predicted for row in rows)
+    rank = {result: index for index, result in enumerate(PREDICTED_ORDER)}
+    order = sorted(counts, key=lambda result: rank.get(result, len(rank)))
+    parts = ", ".join(f"{counts[result]} {result}" for result in order)
+    return f"{len(rows)} pairs" + (f": {parts}" if parts else "")
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def run_counts(counts: dict[str, int]) -> str:
+    return f"{counts['correct']} correct, {counts['wrong']} wrong, {counts['error']} errors"
+
+
+def cell_text(row: Row, marks: Mapping[str, str] = MARKS, *, terse: bool = False) -> str:
+    """One row's cell text; a non-default request is named so rows sharing a cell can be told apart.
+    A prediction the scenario's expectation disagrees with gets `` *`` when ``terse`` (the terminal,
+    which explains the mark below the table), else ``(exp <expected>)``."""
+    prefix = f"{row.request}: " if row.request else ""
+    if row.status == "predicted":
+        if not disagrees(row):
+            return prefix + row.predicted
+        return prefix + row.predicted + (" *" if terse else f" (exp {row.expected})")
+    if row.status == "correct":
+        return f"{prefix}{marks['correct']} {observed_text(row)}"
+    if row.status == "wrong":
+        return f"{prefix}{marks['wrong']} {observed_text(row)} (exp {expected_text(row)})"
+    return f"{prefix}{marks['error']} error (exp {expected_text(row)})"
+
+
+def _table(scenario: ScenarioReport) -> list[str]:
+    grid = matrix(scenario)
+    lines = [["", *grid.columns]]
+    for client in grid.clients:
+        cells = [" / ".join(cell_text(row, terse=True) for row in grid.cells.get((client, column), [])) or NO_ROW
+                 for column in grid.columns]
+        lines.append([client, *cells])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+            for line in lines]
+
+
+def _problems(scenario: ScenarioReport) -> list[str]:
+    lines = []
+    for row in scenario.rows:
+        head = f"  {MARKS.get(row.status)} {pair_text(row)} expected {expected_text(row)}"
+        if row.status == "wrong":
+            lines.append(clip(f"{head}, observed {observed_text(row)}"))
+        elif row.status == "error":
+            lines.append(clip(f"{head}: {error_summary(row.message)}"))
+    return lines
+
+
+def _scenario(scenario: ScenarioReport, predict: bool) -> list[str]:
+    lines = [f"{scenario.name}  ({scenario.file})"]
+    if scenario.rows:
+        lines.extend(_table(scenario))
+    if predict:
+        lines.append(predicted_counts(scenario.rows))
+        if any(disagrees(row) for row in scenario.rows):
+            lines.append("* the scenario file expects something else")
+        return lines
+    counts = run_counts(scenario.counts())
+    if scenario.error:
+        counts += f"; scenario error: {error_summary(scenario.error)}"
+    lines.append(clip(counts))
+    lines.extend(_problems(scenario))
+    return lines
+
+
+def render(report: Report) -> str:
+    """The whole truth table as text (no trailing newline: callers print or split it)."""
+    predict = is_prediction(report)
+    blocks: list[list[str]] = []
+    if predict:
+        blocks.append(["oracle prediction (no mesh)"])
+    elif report.versions:
+        versions = " ".join(f"{key}={value}" for key, value in report.versions.items())
+        blocks.append([f"backend: {report.backend}  {versions}"])
+    blocks.extend(_scenario(scenario, predict) for scenario in report.scenarios)
+    if not predict and len(report.scenarios) > 1:
+        blocks.append([f"total: {run_counts(report.counts())}"])
+    return "\n\n".join("\n".join(block) for block in blocks)
