@@ -145,6 +145,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Remove local-backend runs: kept ones, and stale ones whose pytest process is gone."""
+    import os
+
+    if os.geteuid() != 0:
+        print("error: cleanup removes network namespaces and needs root (sudo)", file=sys.stderr)
+        return 2
+    from .backends.local.state import sweep
+
+    removed = sweep(include_kept=True, only=args.run)
+    for line in removed:
+        print(line)
+    print(f"{len(removed)} local run(s) removed" if removed else "nothing to remove")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-istio-mtls",
@@ -174,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="compare each file's explicit expectations with the oracle")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("cleanup", help="remove kept or stale local-backend runs (network namespaces, proxies, "
+                                       "files); needs root")
+    p.add_argument("--run", metavar="ID", help="only this run id (printed when a run is kept)")
+    p.set_defaults(func=cmd_cleanup)
 
     from .render import add_render_command
 

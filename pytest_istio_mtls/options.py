@@ -93,6 +93,7 @@ class Settings:
     """Resolved option values, handed to backends and reports."""
 
     scenarios: tuple[Path, ...] | None = None  # None: scenario collection is off
+    scenarios_defaulted: bool = False  # no PATH given: <rootdir>/scenarios (or ini) was used
     backend: str = "kind"
     report: Path | None = None
     keep: str = "never"
@@ -195,6 +196,7 @@ def resolve(config: pytest.Config) -> Settings:
     report = values["istio_report"][0]
     return Settings(
         scenarios=scenarios,
+        scenarios_defaulted=scenarios is not None and not raw_paths,
         backend=str(backend),
         report=Path(config.invocation_params.dir, report) if report else None,
         keep=str(values["istio_keep"][0]),

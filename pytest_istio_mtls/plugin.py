@@ -29,14 +29,6 @@ class IstioScenarioWarning(UserWarning):
     """A scenario that Istio accepts but that probably does not do what its author meant."""
 
 
-class ProbeError(Exception):
-    """The probe could not be judged (infrastructure fault or missing evidence): an ERROR item."""
-
-
-class ExpectationMismatch(AssertionError):
-    """The probe was judged and disagrees with the expectation: a FAILED item."""
-
-
 # --------------------------------------------------------------------------- options and configuration
 
 
@@ -54,7 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     explicit = config.args_source == pytest.Config.ArgsSource.ARGS
     scenario_args = [str(p) for p in settings.scenarios]
     if explicit:
-        config.args.extend(a for a in scenario_args if a not in config.args)
+        if not settings.scenarios_defaulted:  # explicit positional args say what to collect otherwise
+            config.args.extend(a for a in scenario_args if a not in config.args)
     else:  # `pytest --istio-scenarios` runs scenarios, not the project's other tests
         config.args[:] = scenario_args
     _install_sigterm_handler(config)
@@ -171,21 +164,12 @@ class ProbeItem(pytest.Item):
         for title, text in outcome.diagnostics.items():
             self.add_report_section("setup", f"istio {title}", text)
         if outcome.status == "error":
-            raise ProbeError(outcome.message())
+            # Raised during setup, so pytest reports an ERROR: the probe could not be judged.
+            pytest.fail(outcome.message(), pytrace=False)
 
     def runtest(self) -> None:
-        if self._outcome.status != "correct":
-            raise ExpectationMismatch(self._outcome.message())
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: Any = None) -> str | Any:
-        if isinstance(excinfo.value, ProbeError | ExpectationMismatch):
-            return str(excinfo.value)
-        from .backends import BackendError
-
-        if isinstance(excinfo.value, BackendError):
-            return f"{self.expectation.pair}: backend error: {excinfo.value}"
-        return super().repr_failure(excinfo)
+        if self._outcome.status != "correct":  # judged, and it disagrees: a FAILED item
+            pytest.fail(self._outcome.message(), pytrace=False)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.expectation.mark.line - 1 if self.expectation.mark else None

@@ -68,6 +68,12 @@ class PolicyValidator:
                 for index, item in enumerate(items):
                     self.add(checker, (*path, "items", index), item)
             return
+        missing = [key for key in ("apiVersion", "kind", "metadata") if key not in value]
+        if missing:
+            checker.error(path, f"a policy has no {', '.join(missing)}",
+                          "write each resource exactly as you would kubectl-apply it, e.g. apiVersion: "
+                          "security.istio.io/v1, kind: PeerAuthentication, metadata: {name: ..., namespace: ...}")
+            return
         api_version, kind = value.get("apiVersion"), value.get("kind")
         if not checker.text((*path, "apiVersion"), api_version, "apiVersion") or not checker.text(
             (*path, "kind"), kind, "kind"

@@ -1,7 +1,7 @@
 """One test session against one backend: probe scenarios in batches, judge, remember outcomes.
 
 pytest items ask for their outcome; the first item of a scenario triggers the whole scenario's
-batch (deploy → apply → probe every selected row → clear), so a scenario costs one policy switch
+batch (deploy → apply → probe every selected row), so a scenario costs one policy switch
 however many rows it has. Outcomes are kept for the terminal truth table and the report files.
 """
 
@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import semantics
-from .backends import Backend, BackendError, Progress, create
+from . import backends
+from .backends import Backend, BackendError, Progress
 from .model import Expectation, Result, Scenario
 from .observation import Observation, Probe
 from .options import Settings
 from .report.model import Report, Row, ScenarioReport
+from .scenario import display_path
 from .semantics import Prediction
 from .verdict import Verdict, decide
 
@@ -93,11 +95,12 @@ class Run:
     """Owns the backend for one session; created lazily so collection never needs a mesh."""
 
     def __init__(self, settings: Settings, progress: Progress,
-                 factory: Callable[[Settings, Progress], Backend] = create) -> None:
+                 factory: Callable[[Settings, Progress], Backend] | None = None) -> None:
         self.settings = settings
         self.progress = progress
-        self._factory = factory
+        self._factory = factory or backends.create
         self._backend: Backend | None = None
+        self._starting: Backend | None = None
         self._start_error = ""
         self.outcomes: dict[tuple[str, str], Outcome] = {}
         self.scenario_errors: dict[str, str] = {}
@@ -112,6 +115,7 @@ class Run:
             raise BackendError(self._start_error)
         if self._backend is None:
             backend = self._factory(self.settings, self.progress)
+            self._starting = backend  # teardown must reach what a failed or interrupted start() created
             try:
                 backend.start()
             except BackendError as exc:
@@ -158,7 +162,8 @@ class Run:
                 for outcome in outcomes:
                     if outcome.status != "correct":
                         outcome.diagnostics = sections
-            backend.clear()
+            # No clear() here: the next scenario's apply() replaces these policies, and a kept run
+            # (--istio-keep) shows the last scenario's policies still in force.
         except BackendError as exc:
             self.scenario_errors[key] = str(exc)
             for outcome in outcomes:
@@ -174,7 +179,7 @@ class Run:
         for key, scenario in self._scenarios.items():
             rows = [o.row() for (k, _), o in self.outcomes.items() if k == key]
             report.scenarios.append(ScenarioReport(
-                name=scenario.name, file=str(scenario.path), description=scenario.description, rows=rows,
+                name=scenario.name, file=display_path(scenario.path), description=scenario.description, rows=rows,
                 policies=[p.ref for p in scenario.policies], warnings=[str(w) for w in scenario.warnings],
                 error=self.scenario_errors.get(key, ""),
             ))
@@ -182,9 +187,10 @@ class Run:
 
     def finish(self, *, interrupted: bool = False) -> str:
         """Tear the backend down per --istio-keep; returns what to print (inspection instructions)."""
-        if self._backend is None:
+        backend = self._backend or self._starting
+        if backend is None:
             return ""
-        keep = self.settings.keep == "always" or (self.settings.keep == "on-failure" and
-                                                  (self.failed() or interrupted))
-        backend, self._backend = self._backend, None
+        keep = self._backend is not None and (self.settings.keep == "always" or (
+            self.settings.keep == "on-failure" and (self.failed() or interrupted)))
+        self._backend = self._starting = None
         return backend.stop(keep=keep)

@@ -84,9 +84,9 @@ class _Loader:
         self.diagnostics: list[Diagnostic] = []
 
     def fail_if_errors(self) -> None:
+        """Raise with every diagnostic (warnings too, they often explain the error) in file order."""
         if any(d.severity == "error" for d in self.diagnostics):
-            raise ScenarioError(sorted((d for d in self.diagnostics if d.severity == "error"),
-                                       key=lambda d: (d.mark.file != self.file, d.mark)))
+            raise ScenarioError(sorted(self.diagnostics, key=lambda d: (d.mark.file != self.file, d.mark)))
 
     # -- entry --------------------------------------------------------------------------------------
 
@@ -278,7 +278,7 @@ class _Loader:
             if not check.dns_label((*where, "name"), name, "port name"):
                 continue
             for reserved, key in ((number, "port"), (target, "targetPort")):
-                if reserved in RESERVED_PORTS:
+                if reserved in RESERVED_PORTS and (key == "port" or "targetPort" in item):
                     check.error((*where, key), f"{key} {reserved} is reserved by the Istio sidecar",
                                 "pick a port outside 15000-15090")
             clash = next((p for p in ports if p.port == number or p.name == name), None)

@@ -101,8 +101,9 @@ class _Builder:
                             "YAML keeps only the last one silently; remove or rename one of them",
                         )
                     )
-                located.keys[path + (key,)] = self.offset.mark(self.file, key_node.start_mark)
-                result[key] = self.build(value_node, (*path, key), located)
+                key_path: PathKey = (*path, key)
+                located.keys[key_path] = self.offset.mark(self.file, key_node.start_mark)
+                result[key] = self.build(value_node, key_path, located)
             return result
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i), located) for i, item in enumerate(node.value)]

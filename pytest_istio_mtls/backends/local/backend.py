@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,7 +123,7 @@ class LocalBackend:
         self.envoy_version = ""
         self.probe_timeout = min(5.0, settings.timeout)
         self._stats: dict[str, dict[str, int]] = {}
-        self._scenario_count = 0
+        self._generation = 0
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -160,19 +161,23 @@ class LocalBackend:
             state.kept = True
             state.save()
             return self._keep_instructions(state)
-        # A second Ctrl-C must not cut teardown short and leak namespaces or processes.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A second Ctrl-C (or a SIGTERM) must not cut teardown short and leak namespaces or processes.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.capture is not None:
                 self.capture.close()
             problems = teardown(state)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.state = None
         return "local teardown problems: " + "; ".join(problems) if problems else ""
 
     def _keep_instructions(self, state: RunState) -> str:
-        lines = [f"local run {state.run_id} kept: {len(self.pods)} pods with their proxies and apps still running.",
+        """How to look at a kept run: it stays live (proxies and apps keep running) until cleanup."""
+        in_force = self.scenario.name if self.scenario is not None else "none"
+        lines = [f"local run {state.run_id} kept: {len(self.pods)} pods with their proxies and apps still running, "
+                 f"policies of scenario '{in_force}' in force.",
                  f"  files (Envoy configs, logs, certificates): {state.directory}",
                  "  network namespaces: ip netns list | grep " + state.run_id]
         for pod in self.pods.values():
@@ -204,8 +209,10 @@ class LocalBackend:
         for index, workload in enumerate(topology.workloads):
             directory = self.state.directory / "pods" / workload.ref
             directory.mkdir(parents=True, exist_ok=True)
-            pods.append(Pod(workload, f"{PREFIX}-{run_id}-{workload.ref}", f"v{run_id}{index:03d}",
-                            POD_NET.format(10 + index), SERVICE_NET.format(10 + index), directory))
+            # Interfaces of a removed topology vanish asynchronously: never reuse their names.
+            veth = f"v{run_id}{self._generation:02x}{index:02x}"
+            pods.append(Pod(workload, f"{PREFIX}-{run_id}-{workload.ref}", veth, POD_NET.format(10 + index),
+                            SERVICE_NET.format(10 + index), directory))
         for pod in pods:
             self.state.add_netns(pod.netns)
             run(["ip", "netns", "add", pod.netns])
@@ -237,6 +244,7 @@ class LocalBackend:
                 self._start_envoy(pod, empty, addresses)
         self._wait_ready()
         self.signature = topology.signature()
+        self._generation += 1
         self.scenario = empty
         self._stats = {}
 
@@ -413,7 +421,6 @@ class LocalBackend:
         started = time.monotonic()
         self._wait_config()
         self.scenario = scenario
-        self._scenario_count += 1
         if changed:
             self.progress(f"policies in force on {len(changed)} sidecars after "
                           f"{(time.monotonic() - started) * 1000:.0f} ms")
@@ -588,7 +595,8 @@ class LocalBackend:
         path = ""
         if self.settings.report is not None:
             scenario = self.scenario.name if self.scenario is not None else "scenario"
-            name = probe.pair.replace("/", "_").replace(" ", "_")
+            # Artifact stores (GitHub Actions, Windows) refuse ':' '<' '>' in file names.
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", probe.pair.replace("->", "_to_"))
             path = save(self.settings.report / "captures" / scenario / f"{name}.pcap", pcap)
         interface = f"{server.ref} lo" if probe.source.ref == server.ref else f"{server.veth} ({server.ref} eth0)"
         if wire is None:
@@ -596,8 +604,8 @@ class LocalBackend:
                 "the client sidecar logged no upstream connection for this request"))
         else:
             # A sidecar's call to its own pod is redirected to its inbound listener before it reaches lo.
-            destination = (("127.0.0.1", envoy.INBOUND_PORT) if probe.source.ref == server.ref and server.workload.sidecar
-                           else (server.ip, probe.port.target_port))
+            self_call = probe.source.ref == server.ref and server.workload.sidecar
+            destination = ("127.0.0.1", envoy.INBOUND_PORT) if self_call else (server.ip, probe.port.target_port)
             evidence.capture = capture.analyse(pcap, interface=interface, server=destination, client=wire,
                                                marker=probe.marker, pcap_path=path)
         if evidence.server_proxy is not None and wire is not None:
@@ -641,7 +649,5 @@ def _quote(text: str) -> str:
 
 def _envoy_version(text: str) -> str:
     """'envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL' → '1.40.0'."""
-    import re
-
     match = re.search(r"version: \S+?/(\d+\.\d+\.\d+)/", text)
     return match.group(1) if match else text.strip()[-60:]

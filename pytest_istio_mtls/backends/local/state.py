@@ -97,10 +97,21 @@ def stop_processes(pids: list[int], run_id: str, grace: float = 2.0) -> None:
             pass
 
 
+def tagged_processes(run_id: str) -> list[int]:
+    """Processes whose command line carries the run's tag, recorded or not (a Ctrl-C can land between
+    starting a process and writing its pid down)."""
+    tag = f"{PREFIX}-{run_id}"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid() and tag in cmdline(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
 def teardown(state: RunState) -> list[str]:
     """Remove everything the run recorded, in reverse order of creation; return what could not go."""
     problems: list[str] = []
-    stop_processes(state.pids, state.run_id)
+    stop_processes(sorted(set(state.pids) | set(tagged_processes(state.run_id))), state.run_id)
     for name in reversed(state.netns):
         if os.path.exists(os.path.join(NETNS_DIR, name)):
             done = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True, check=False)

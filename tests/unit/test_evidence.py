@@ -1,0 +1,113 @@
+"""Evidence readers on real data: captures recorded by the local backend, Envoy stats, XFCC, access logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_istio_mtls.evidence import accesslog, capture, identity, stats
+
+PCAPS = Path(__file__).parent / "data" / "pcap"
+FLOWS = json.loads((PCAPS / "flows.json").read_text())
+
+
+def address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def analyse(name: str, **overrides: object) -> capture.CaptureEvidence:
+    flow = FLOWS[name]
+    arguments: dict[str, object] = {"interface": "veth", "server": address(flow["server"]),
+                                    "client": address(flow["client"]), "marker": flow["marker"]}
+    arguments.update(overrides)
+    return capture.analyse((PCAPS / f"{name}.pcap").read_bytes(), **arguments)  # type: ignore[arg-type]
+
+
+def test_mtls_capture_shows_an_istio_handshake_and_no_marker() -> None:
+    """A recorded mTLS connection: TLS records, Istio SNI and ALPN, marker never in clear."""
+    evidence = analyse("mtls")
+    assert evidence.found
+    assert evidence.tls_records > 4
+    assert evidence.client_hello
+    assert evidence.sni == "outbound_.8000_._.httpbin.foo.svc.cluster.local"
+    assert "istio" in evidence.alpn
+    assert not evidence.marker_in_clear
+
+
+def test_plaintext_capture_shows_the_marker() -> None:
+    """A recorded plaintext connection carries the marker in clear and no TLS."""
+    evidence = analyse("plaintext")
+    assert evidence.found
+    assert evidence.marker_in_clear
+    assert evidence.tls_records == 0
+
+
+def test_refused_capture_shows_the_attempt() -> None:
+    """A plaintext request that STRICT reset is on the wire too (request sent, no answer)."""
+    evidence = analyse("refused")
+    assert evidence.found
+    assert evidence.marker_in_clear
+
+
+def test_another_flow_is_never_taken_for_ours() -> None:
+    """The flow is matched on the exact client address: a wrong port finds nothing."""
+    host, port = address(FLOWS["mtls"]["client"])
+    evidence = analyse("mtls", client=(host, port + 1))
+    assert not evidence.found
+    assert "no packets from" in evidence.note
+
+
+def test_unknown_client_uses_the_single_flow_only() -> None:
+    """Without the client address, a capture holding exactly one connection is used."""
+    assert analyse("mtls", client=None).found
+
+
+def test_garbage_is_not_a_capture() -> None:
+    """A damaged capture is reported as such, never as 'no marker found'."""
+    evidence = capture.analyse(b"not a pcap", interface="veth", server=("10.0.0.1", 80), client=None, marker="x")
+    assert not evidence.found
+    assert evidence.note
+
+
+def test_stats_parse_and_delta() -> None:
+    """Counters parse, histograms and text values are skipped, deltas keep what moved."""
+    before = stats.parse_stats("listener.0.0.0.0_15006.ssl.handshake: 3\ncluster.x.version_text: \"abc\"\n"
+                               "cluster.x.upstream_cx_total: 7\nhttp.x.rq_time: P0(nan,1) P25(nan,2)\n")
+    after = stats.parse_stats("listener.0.0.0.0_15006.ssl.handshake: 4\ncluster.x.upstream_cx_total: 7\n"
+                              "tls_inspector.tls_found: 1\n")
+    assert before == {"listener.0.0.0.0_15006.ssl.handshake": 3, "cluster.x.upstream_cx_total": 7}
+    assert stats.delta(before, after) == {"listener.0.0.0.0_15006.ssl.handshake": 1, "tls_inspector.tls_found": 1}
+
+
+@pytest.mark.parametrize(("value", "peer"), [
+    ("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash=ab;Subject=\"\";URI=spiffe://cluster.local/ns/foo/sa/curl",
+     "spiffe://cluster.local/ns/foo/sa/curl"),
+    ("By=a;URI=spiffe://x/ns/a/sa/first,By=b;Subject=\"O=x,CN=y\";URI=spiffe://x/ns/b/sa/second",
+     "spiffe://x/ns/b/sa/second"),
+    ("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash=ab", ""),
+    ("", ""),
+])
+def test_xfcc_peer_is_the_closest_hop(value: str, peer: str) -> None:
+    """The last XFCC element is the immediate peer; quoted commas do not split elements."""
+    assert identity.xfcc_peer(value) == peer
+
+
+def test_echo_bodies_of_both_httpbin_flavours() -> None:
+    """go-httpbin returns header lists, kennethreitz/httpbin strings: both yield the peer."""
+    uri = "URI=spiffe://cluster.local/ns/foo/sa/curl"
+    assert identity.peer_from_echo(json.dumps({"headers": {"X-Forwarded-Client-Cert": [f"By=a;{uri}"]}})).endswith(
+        "sa/curl")
+    assert identity.peer_from_echo(json.dumps({"headers": {"X-Forwarded-Client-Cert": f"By=a;{uri}"}})).endswith(
+        "sa/curl")
+    assert identity.peer_from_echo("<html>not json</html>") == ""
+
+
+def test_access_log_lines_and_matching() -> None:
+    """JSON lines are parsed, other log lines skipped, and entries matched on exact fields."""
+    entries = accesslog.parse(['{"downstream_remote_address": "10.0.0.2:1", "response_flags": "NR"}',
+                               "[warning] something else", '{"downstream_remote_address": "10.0.0.2:2"}'])
+    assert len(entries) == 2
+    assert accesslog.matching(entries, downstream_remote_address="10.0.0.2:1") == [entries[0]]

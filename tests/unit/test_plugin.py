@@ -1,0 +1,134 @@
+"""The pytest plugin without a mesh: collection, ids, options, usage errors and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+SCENARIO = """
+name: ns-strict
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: default, namespace: app}
+  spec: {mtls: {mode: STRICT}}
+expect:
+  - {from: frontend, to: backend, result: mtls}
+  - {from: plaintext, to: backend, result: refused}
+  - {from: frontend, to: backend, request: {method: POST, path: /post}, result: allowed, status: 200}
+"""
+
+
+@pytest.fixture
+def scenarios(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.mkdir("scenarios")
+    (pytester.path / "scenarios" / "strict.yaml").write_text(SCENARIO)
+    return pytester
+
+
+def test_collect_only_lists_one_item_per_row(scenarios: pytest.Pytester) -> None:
+    """Item ids are file.yaml::NAME::FROM->TO:PORT, plus the request for non-default requests."""
+    result = scenarios.runpytest("--istio-scenarios", "--collect-only", "-q")
+    result.stdout.fnmatch_lines([
+        "scenarios/strict.yaml::ns-strict::frontend.app->backend.app:8080",
+        "scenarios/strict.yaml::ns-strict::plaintext.legacy->backend.app:8080",
+        "scenarios/strict.yaml::ns-strict::frontend.app->backend.app:8080[[]POST /post[]]",
+    ], consecutive=True)
+    result.stdout.fnmatch_lines(["3 tests collected*"])
+    assert result.ret == 0
+
+
+def test_without_the_option_yaml_is_not_collected(scenarios: pytest.Pytester) -> None:
+    """Scenario collection is opt-in: plain `pytest` ignores scenario files."""
+    result = scenarios.runpytest("--collect-only", "-q", "scenarios")
+    result.stdout.fnmatch_lines(["no tests collected*"])
+
+
+def test_keyword_selection(scenarios: pytest.Pytester) -> None:
+    """-k selects rows by client, server or scenario name."""
+    result = scenarios.runpytest("--istio-scenarios", "--collect-only", "-q", "-k", "plaintext")
+    result.stdout.fnmatch_lines(["*plaintext.legacy->backend.app:8080", "1/3 tests collected*"])
+
+
+def test_builtin_library_is_reachable(pytester: pytest.Pytester) -> None:
+    """`--istio-scenarios builtin` collects the library shipped inside the package."""
+    result = pytester.runpytest("--istio-scenarios", "builtin", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*01-no-policy.yaml::no-policy::frontend.app->backend.app:8080",
+                                 "62 tests collected*"])
+
+
+def test_env_twin_and_ini_turn_collection_on(scenarios: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ISTIO_MTLS_SCENARIOS and the ini key istio_scenarios work like the flag."""
+    monkeypatch.setenv("ISTIO_MTLS_SCENARIOS", "scenarios")
+    scenarios.runpytest("--collect-only", "-q").stdout.fnmatch_lines(["3 tests collected*"])
+    monkeypatch.delenv("ISTIO_MTLS_SCENARIOS")
+    scenarios.makeini("[pytest]\nistio_scenarios = scenarios/strict.yaml\n")
+    scenarios.runpytest("--istio-scenarios", "--collect-only", "-q").stdout.fnmatch_lines(["3 tests collected*"])
+
+
+def test_invalid_env_value_is_a_usage_error(scenarios: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values from the environment are validated like command-line ones."""
+    monkeypatch.setenv("ISTIO_MTLS_BACKEND", "minikube")
+    result = scenarios.runpytest("--istio-scenarios", "--collect-only")
+    result.stderr.fnmatch_lines(["ERROR: ISTIO_MTLS_BACKEND: invalid value 'minikube'; use one of kind, existing, local"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_contradictory_options_are_refused_up_front(scenarios: pytest.Pytester) -> None:
+    """An existing-cluster option with the local backend is a usage error, before anything starts."""
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local", "--istio-kubeconfig=/x", "--co")
+    result.stderr.fnmatch_lines(["ERROR: --istio-kubeconfig only applies to --istio-backend=existing*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_missing_scenario_path(pytester: pytest.Pytester) -> None:
+    """A path that does not exist is named, with a hint about the built-in library."""
+    result = pytester.runpytest("--istio-scenarios", "--co")
+    result.stderr.fnmatch_lines(["ERROR: --istio-scenarios: no such scenario file or directory: */scenarios (or "
+                                 "--istio-scenarios builtin for the library shipped with the plugin)"])
+
+
+def test_broken_scenario_is_a_collection_error_without_traceback(scenarios: pytest.Pytester) -> None:
+    """Bad input stops the run at collection with file:line:column and a fix; no mesh is touched."""
+    (scenarios.path / "scenarios" / "broken.yaml").write_text(SCENARIO.replace("result: mtls", "result: mtlss"))
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local")
+    result.stdout.fnmatch_lines([
+        "*ERROR collecting scenarios/broken.yaml*",
+        "*broken.yaml:9:43: error: invalid result 'mtlss'; did you mean 'mtls'?",
+        "    fix: use one of mtls, plaintext, refused, unavailable, denied, allowed, blocked",
+    ])
+    assert "Traceback" not in result.stdout.str()
+    assert "[istio-mtls]" not in result.stdout.str()  # the backend never started
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
+def test_warnings_point_at_the_policy(scenarios: pytest.Pytester) -> None:
+    """A policy Istio accepts but ignores becomes a warning located at its line."""
+    (scenarios.path / "scenarios" / "strict.yaml").write_text(SCENARIO.replace(
+        "spec: {mtls: {mode: STRICT}}", "spec: {selector: {matchLabels: {app: backnd}}, mtls: {mode: STRICT}}"))
+    result = scenarios.runpytest("--istio-scenarios", "--co", "-q")
+    result.stdout.fnmatch_lines(["*strict.yaml:7: IstioScenarioWarning: selector app=backnd of PeerAuthentication "
+                                 "app/default matches no workload in namespace app*"])
+
+
+def test_help_lists_every_option_with_its_env_twin(pytester: pytest.Pytester) -> None:
+    """--help documents each --istio-* option, its ISTIO_MTLS_* variable and ini key, without a mesh."""
+    result = pytester.runpytest("--help")
+    text = " ".join(result.stdout.str().split())
+    for flag, env in (("--istio-scenarios", "ISTIO_MTLS_SCENARIOS"), ("--istio-backend", "ISTIO_MTLS_BACKEND"),
+                      ("--istio-report", "ISTIO_MTLS_REPORT"), ("--istio-keep", "ISTIO_MTLS_KEEP")):
+        assert flag in text
+        assert f"Env: {env}" in text
+    assert "Istio mTLS scenarios (pytest-istio-mtls)" in text
+
+
+def test_fixtures_are_documented(pytester: pytest.Pytester) -> None:
+    """--fixtures shows the three fixtures and their usage without starting a mesh."""
+    result = pytester.runpytest("--fixtures")
+    result.stdout.fnmatch_lines(["istio_mesh [[]session scope[]]*", "*Session-scoped mesh*",
+                                 "istio_policies*", "istio_probe*"])
+
+
+def test_report_header_names_the_backend(scenarios: pytest.Pytester) -> None:
+    """The session header says which backend and scenarios a run uses."""
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local", "--co")
+    result.stdout.fnmatch_lines(["istio-mtls: backend=local keep=never scenarios=*scenarios"])
