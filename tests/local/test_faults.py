@@ -1,0 +1,153 @@
+"""Injected infrastructure faults are ERRORS, never a pass — even where the expected result is a failure."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_istio_mtls.backends.base import BackendError
+from pytest_istio_mtls.backends.local import prober
+from pytest_istio_mtls.backends.local.backend import ECHO_SCRIPT
+from pytest_istio_mtls.observation import Probe
+from pytest_istio_mtls.verdict import decide
+
+from .lab import FOO_BAR_LEGACY, Lab, Probed
+
+STRICT_FOO = FOO_BAR_LEGACY + """
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: default, namespace: foo}
+  spec: {mtls: {mode: STRICT}}
+expect:
+  - {from: curl.foo, to: "httpbin.foo:8000", result: mtls}
+  - {from: curl.legacy, to: "httpbin.foo:8000", result: refused}
+  - {from: curl.foo, to: "httpbin.foo:9000", result: mtls}
+  - {from: curl.legacy, to: "httpbin.legacy:8000", result: plaintext}
+"""
+
+
+def deploy(lab: Lab) -> None:
+    scenario = lab.load(STRICT_FOO)
+    lab.backend.signature = None
+    lab.backend.deploy(scenario.topology, scenario.mesh)
+    lab.backend.apply(scenario)
+
+
+def rerun(lab: Lab) -> dict[str, Probed]:
+    """Probe again under the policies already in force (no re-apply: the fault stays in place)."""
+    scenario = lab.load(STRICT_FOO)
+    probes = [Probe(e.source, e.target, e.port, e.request) for e in scenario.expectations]
+    return {p.pair: Probed(o, decide(o)) for p, o in zip(probes, lab.backend.probe(probes), strict=True)}
+
+
+def assert_errors(probed: dict[str, Probed], pairs: list[str], reason: str) -> None:
+    for pair in pairs:
+        verdict = probed[pair].verdict
+        assert verdict.result is None, f"{pair} passed as {verdict.result} despite the fault"
+        assert reason in verdict.error, f"{pair}: {verdict.error}"
+
+
+def kill(process: subprocess.Popen[bytes] | None) -> None:
+    assert process is not None
+    process.kill()
+    process.wait()
+
+
+def test_killed_server_sidecar(lab: Lab) -> None:
+    """A dead server proxy makes every probe to it an error (refused-as-expected included)."""
+    deploy(lab)
+    kill(lab.backend.pods["httpbin.foo"].envoy)
+    probed = rerun(lab)
+    assert_errors(probed, ["curl.foo->httpbin.foo:8000", "curl.legacy->httpbin.foo:8000",
+                           "curl.foo->httpbin.foo:9000"], "the sidecar of httpbin.foo is not running")
+    assert probed["curl.legacy->httpbin.legacy:8000"].result == "plaintext"  # unrelated pairs still judged
+
+
+def test_applying_policies_to_a_dead_sidecar_fails_at_once(lab: Lab) -> None:
+    """A proxy that died is reported by apply() immediately, not after the propagation deadline."""
+    deploy(lab)
+    kill(lab.backend.pods["httpbin.foo"].envoy)
+    with pytest.raises(BackendError, match=re.escape("the sidecar of httpbin.foo is not running")):
+        lab.backend.apply(lab.load(STRICT_FOO.replace("STRICT", "PERMISSIVE")))
+
+
+def test_killed_client_sidecar(lab: Lab) -> None:
+    """A dead client proxy is an error for that client's probes."""
+    deploy(lab)
+    kill(lab.backend.pods["curl.foo"].envoy)
+    assert_errors(rerun(lab), ["curl.foo->httpbin.foo:8000"], "the sidecar of curl.foo is not running")
+
+
+def test_killed_app(lab: Lab) -> None:
+    """A dead server app: even the STRICT rejection of plaintext is not counted as 'refused as expected'."""
+    deploy(lab)
+    kill(lab.backend.pods["httpbin.foo"].app)
+    assert_errors(rerun(lab), ["curl.foo->httpbin.foo:8000", "curl.legacy->httpbin.foo:8000"],
+                  "the app of httpbin.foo is not running")
+
+
+def test_missing_name(lab: Lab) -> None:
+    """A Service name that does not resolve inside the client pod is an error, not a refusal."""
+    deploy(lab)
+    hosts = Path("/etc/netns", lab.backend.pods["curl.legacy"].netns, "hosts")
+    hosts.write_text("".join(line for line in hosts.read_text().splitlines(keepends=True)
+                             if "httpbin.foo." not in line))
+    assert_errors(rerun(lab), ["curl.legacy->httpbin.foo:8000"], "does not resolve inside curl.legacy")
+
+
+def test_wrong_port(lab: Lab) -> None:
+    """An app listening on another port than the Service's targetPort is an error, whatever the policy."""
+    deploy(lab)
+    pod = lab.backend.pods["httpbin.foo"]
+    kill(pod.app)
+    state = lab.backend.state
+    assert state is not None
+    pod.app = subprocess.Popen(["ip", "netns", "exec", pod.netns, sys.executable, "-I", str(ECHO_SCRIPT),
+                                "--tag", f"imtls-{state.run_id}", "--http", "8081", "--tcp", "9000"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state.add_pid(pod.app.pid)
+    for _ in range(200):  # let the misconfigured app come up, so only the port is wrong
+        if prober.accepts(pod.netns, 9000, timeout=0.05):
+            break
+    probed = rerun(lab)
+    assert_errors(probed, ["curl.foo->httpbin.foo:8000", "curl.legacy->httpbin.foo:8000"],
+                  "does not accept connections on port 8080")
+    assert probed["curl.foo->httpbin.foo:9000"].result == "mtls"
+
+
+def test_hung_app_times_out_as_an_error(lab: Lab) -> None:
+    """An app that accepts but never answers gives a timeout: an error, never 'refused'."""
+    deploy(lab)
+    legacy = lab.backend.pods["httpbin.legacy"]
+    assert legacy.app is not None
+    lab.backend.probe_timeout = 1.0
+    os.kill(legacy.app.pid, signal.SIGSTOP)
+    try:
+        probed = rerun(lab)
+    finally:
+        os.kill(legacy.app.pid, signal.SIGCONT)
+        lab.backend.probe_timeout = 5.0
+    assert_errors(probed, ["curl.legacy->httpbin.legacy:8000"], "timed out")
+
+
+@pytest.mark.parametrize("kind", ["AuthorizationPolicy", "EnvoyFilter"])
+def test_unsupported_policies_are_refused_plainly(lab: Lab, kind: str) -> None:
+    """Policies the local emulation cannot reproduce faithfully stop the scenario with one sentence."""
+    group = "security.istio.io/v1" if kind == "AuthorizationPolicy" else "networking.istio.io/v1alpha3"
+    scenario = lab.load(FOO_BAR_LEGACY + f"""
+policies: |
+  apiVersion: {group}
+  kind: {kind}
+  metadata: {{name: x, namespace: foo}}
+expect:
+  - {{from: curl.foo, to: "httpbin.foo:8000", result: mtls}}
+""")
+    with pytest.raises(BackendError, match=f"{kind} foo/x is not supported by the local backend yet"):
+        lab.run(scenario)
