@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import semantics
-from . import backends
+from . import backends, semantics
 from .backends import Backend, BackendError, Progress
 from .model import Expectation, Result, Scenario
 from .observation import Observation, Probe

@@ -57,7 +57,8 @@ class Pod:
     app: subprocess.Popen[bytes] | None = None
     versions: dict[str, str] = field(default_factory=dict)  # lds/cds version written last
     log_offsets: dict[str, int] = field(default_factory=dict)
-    log_entries: list[dict[str, Any]] = field(default_factory=list)
+    # access-log entries by (direction, downstream remote address): the join key of every lookup
+    log_index: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -348,7 +349,7 @@ class LocalBackend:
 
     def _poll(self, condition: Callable[[], bool], what: str, pending: dict[str, str]) -> None:
         """Poll ``condition`` (True = keep waiting) until the deadline; report what was still pending."""
-        retrying = Retrying(stop=stop_after_delay(self.settings.timeout), wait=wait_fixed(0.005),
+        retrying = Retrying(stop=stop_after_delay(self.settings.timeout), wait=wait_fixed(0.001),
                             retry=retry_if_result(bool))
         try:
             retrying(condition)
@@ -373,7 +374,7 @@ class LocalBackend:
             changed = True
         return changed
 
-    def _wait_config(self) -> None:
+    def _wait_config(self, refs: Sequence[str] | None = None) -> None:
         """Return once every sidecar has accepted the configuration written and nothing is warming.
 
         ``version_text`` is the version of the last *accepted* LDS/CDS update; warming counters
@@ -386,7 +387,7 @@ class LocalBackend:
         def stale() -> bool:
             pending.clear()
             for pod in self.pods.values():
-                if pod.envoy is None:
+                if pod.envoy is None or (refs is not None and pod.ref not in refs):
                     continue
                 if pod.envoy.poll() is not None:
                     raise BackendError(f"the sidecar of {pod.ref} is not running (exit {pod.envoy.returncode}); "
@@ -422,7 +423,7 @@ class LocalBackend:
         except envoy.UnsupportedPolicy as exc:
             raise BackendError(str(exc)) from None
         started = time.monotonic()
-        self._wait_config()
+        self._wait_config(changed)
         self.scenario = scenario
         if changed:
             self.progress(f"policies in force on {len(changed)} sidecars after "
@@ -536,14 +537,15 @@ class LocalBackend:
                 data = handle.read()
             complete = data.rfind(b"\n") + 1
             pod.log_offsets[str(path)] = offset + complete
-            pod.log_entries.extend(accesslog.parse(data[:complete].decode("utf-8", "replace").splitlines()))
+            for entry in accesslog.parse(data[:complete].decode("utf-8", "replace").splitlines()):
+                key = (str(entry.get("direction")), str(entry.get("downstream_remote_address")))
+                pod.log_index.setdefault(key, []).append(entry)
 
     def _entries(self, ref: str, direction: str, remote: tuple[str, int] | None) -> list[dict[str, Any]]:
         pod = self.pods.get(ref)
         if pod is None or remote is None:
             return []
-        return accesslog.matching(pod.log_entries, downstream_remote_address=f"{remote[0]}:{remote[1]}",
-                                  direction=direction)
+        return list(pod.log_index.get((direction, f"{remote[0]}:{remote[1]}"), []))
 
     def _wait_logs(self, probes: Sequence[Probe], observations: Sequence[Observation],
                    locals_: Sequence[tuple[str, int] | None]) -> None:
