@@ -194,7 +194,7 @@ def main() -> None:
     print(f"probe, raw curl       {figures['curl_probe_ms']:7.2f} ms  (ip netns exec curl through the same sidecars)")
     print(f"probe ratio           {figures['probe_ratio']:7.2f}     (target <= 1.5)")
     print(f"switch, tool          {figures['tool_switch_ms']:7.2f} ms  (median; all sidecars confirmed)")
-    print(f"switch, raw Envoy     {figures['raw_switch_ms']:7.2f} ms  (median; rename the same files + poll acceptance)")
+    print(f"switch, raw Envoy     {figures['raw_switch_ms']:7.2f} ms  (median; same files renamed, acceptance polled)")
     print(f"switch ratio          {figures['switch_ratio']:7.2f}     (target <= 3)")
     print(f"peak memory, pytest   {figures['tool_mib']:7.1f} MiB")
     print(f"peak memory, mesh     {figures['mesh_mib']:7.1f} MiB (all sidecars and apps, RSS)")

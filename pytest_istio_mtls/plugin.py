@@ -151,7 +151,13 @@ class ProbeItem(pytest.Item):
     def setup(self) -> None:
         selected = [item.expectation for item in self.session.items
                     if isinstance(item, ProbeItem) and item.scenario is self.scenario]
-        outcome = self._run().outcome(self.scenario, self.expectation, selected)
+        from .backends import BackendUnavailable
+
+        try:
+            outcome = self._run().outcome(self.scenario, self.expectation, selected)
+        except BackendUnavailable as exc:
+            pytest.exit(f"istio-mtls: the {self.config.stash[SETTINGS_KEY].backend} backend cannot run here: {exc}",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
         self._outcome = outcome
         self.user_properties.append(("istio_expected", self.expectation.result.value))
         self.user_properties.append(("istio_predicted", outcome.prediction.result.value))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import backends, semantics
-from .backends import Backend, BackendError, Progress
+from .backends import Backend, BackendError, BackendUnavailable, Progress
 from .model import Expectation, Result, Scenario
 from .observation import Observation, Probe
 from .options import Settings
@@ -100,7 +100,7 @@ class Run:
         self._factory = factory or backends.create
         self._backend: Backend | None = None
         self._starting: Backend | None = None
-        self._start_error = ""
+        self._start_error: BackendError | None = None
         self.outcomes: dict[tuple[str, str], Outcome] = {}
         self.scenario_errors: dict[str, str] = {}
         self._done: set[str] = set()
@@ -110,15 +110,15 @@ class Run:
 
     @property
     def backend(self) -> Backend:
-        if self._start_error:
-            raise BackendError(self._start_error)
+        if self._start_error is not None:
+            raise self._start_error
         if self._backend is None:
             backend = self._factory(self.settings, self.progress)
             self._starting = backend  # teardown must reach what a failed or interrupted start() created
             try:
                 backend.start()
             except BackendError as exc:
-                self._start_error = str(exc)
+                self._start_error = exc
                 raise
             self._backend = backend
             self.versions = backend.versions()
@@ -139,6 +139,13 @@ class Run:
 
     def _execute(self, scenario: Scenario, expectations: Sequence[Expectation]) -> None:
         key = str(scenario.path)
+        if self._backend is None and self._start_error is None:
+            try:
+                _ = self.backend  # an unusable backend stops the session before any row is recorded
+            except BackendUnavailable:
+                raise
+            except BackendError:
+                pass  # recorded below, as every row's error
         outcomes = [Outcome(scenario, e, semantics.predict(scenario, e.source, e.target, e.port, e.request))
                     for e in expectations]
         for outcome in outcomes:
@@ -163,6 +170,8 @@ class Run:
                         outcome.diagnostics = sections
             # No clear() here: the next scenario's apply() replaces these policies, and a kept run
             # (--istio-keep) shows the last scenario's policies still in force.
+        except BackendUnavailable:
+            raise  # the backend cannot run here at all: the session stops with this one message
         except BackendError as exc:
             self.scenario_errors[key] = str(exc)
             for outcome in outcomes:

@@ -132,3 +132,14 @@ def test_report_header_names_the_backend(scenarios: pytest.Pytester) -> None:
     """The session header says which backend and scenarios a run uses."""
     result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local", "--co")
     result.stdout.fnmatch_lines(["istio-mtls: backend=local keep=never scenarios=*scenarios"])
+
+
+def test_unusable_backend_stops_the_session_with_one_message(scenarios: pytest.Pytester,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that cannot run here (no Envoy, no root, no Docker) ends the run once, without a traceback."""
+    monkeypatch.setenv("ISTIO_MTLS_ENVOY", "/nonexistent/envoy")
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local")
+    result.stdout.fnmatch_lines(["*istio-mtls: the local backend cannot run here: *"])
+    assert "Traceback" not in result.stdout.str()
+    assert "truth table" not in result.stdout.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
