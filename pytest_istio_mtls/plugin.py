@@ -85,10 +85,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _scenario_roots(config: pytest.Config) -> list[Path]:
+    """Where scenario files are collected from: the --istio-scenarios paths and the positional args."""
     settings = config.stash[SETTINGS_KEY]
     roots = [p.resolve() for p in settings.scenarios or ()]
-    roots += [Path(a.split("::")[0]).resolve() for a in config.args
-              if a.split("::")[0].endswith((".yaml", ".yml"))]
+    roots += [Path(config.invocation_params.dir, a.split("::")[0]).resolve() for a in config.args]
     return roots
 
 
