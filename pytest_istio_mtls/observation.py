@@ -94,6 +94,31 @@ class Evidence:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self, limit: int = 8) -> list[str]:
+        """A few lines for failure messages: what each side recorded, who the server saw, the wire."""
+        lines = []
+        for role, proxy in (("client", self.client_proxy), ("server", self.server_proxy)):
+            if proxy is None:
+                continue
+            moved = sorted(proxy.stats_delta.items(), key=lambda item: ("ssl" not in item[0], item[0]))[:limit]
+            counters = ", ".join(f"{name} +{value}" for name, value in moved) or "no counter moved"
+            flags = sorted({str(e.get("response_flags", "-")) for e in proxy.access_log})
+            log = f"; access log flags {','.join(flags)}" if flags else ""
+            lines.append(f"{role} sidecar {proxy.workload}{'' if proxy.live else ' (NOT RUNNING)'}: {counters}{log}")
+        if self.peer_identity:
+            lines.append(f"peer identity at the server: {self.peer_identity} ({self.identity_source})")
+        if self.capture is not None:
+            capture = self.capture
+            if capture.found:
+                marker = "IN CLEAR" if capture.marker_in_clear else "not in clear"
+                lines.append(f"capture on {capture.interface}: {capture.flow}, {capture.packets} packets, "
+                             f"{capture.tls_records} TLS records, marker {marker}"
+                             + (f", pcap {capture.pcap}" if capture.pcap else ""))
+            else:
+                lines.append(f"capture on {capture.interface}: flow not found ({capture.note})")
+        lines.extend(f"fault: {fault}" for fault in self.faults)
+        return lines
+
 
 @dataclass
 class Observation:

@@ -171,11 +171,11 @@ class ProbeItem(pytest.Item):
             self.add_report_section("setup", f"istio {title}", text)
         if outcome.status == "error":
             # Raised during setup, so pytest reports an ERROR: the probe could not be judged.
-            pytest.fail(outcome.message(), pytrace=False)
+            pytest.fail(outcome.message(diagnostics=False), pytrace=False)
 
     def runtest(self) -> None:
         if self._outcome.status != "correct":  # judged, and it disagrees: a FAILED item
-            pytest.fail(self._outcome.message(), pytrace=False)
+            pytest.fail(self._outcome.message(diagnostics=False), pytrace=False)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.expectation.mark.line - 1 if self.expectation.mark else None

@@ -50,8 +50,9 @@ class Outcome:
             return "correct"
         return "wrong"
 
-    def message(self) -> str:
-        """The item's failure text: expected vs observed, why it was expected, and the evidence."""
+    def message(self, *, diagnostics: bool = True) -> str:
+        """The failure text: expected vs observed, why it was expected, the evidence (and diagnostics,
+        which pytest items show as report sections instead)."""
         exp = self.expectation
         lines = [f"{exp.pair} in scenario {self.scenario.name}"]
         expected = exp.result.value + (f" (HTTP {exp.status})" if exp.status is not None else "")
@@ -66,10 +67,14 @@ class Outcome:
         lines.append(f"  oracle:   {self.prediction.result.value}: {self.prediction.reason}")
         if self.observation is not None:
             lines.append(f"  client saw: {self.observation.client_saw()}")
-        if self.verdict is not None and self.verdict.because:
+        because = [b for b in (self.verdict.because if self.verdict else []) if not b.startswith("client saw")]
+        if because:
+            lines.append("  because:")
+            lines.extend(f"    - {item}" for item in because)
+        if self.observation is not None:
             lines.append("  evidence:")
-            lines.extend(f"    - {item}" for item in self.verdict.because)
-        for title, text in self.diagnostics.items():
+            lines.extend(f"    {line}" for line in self.observation.evidence.summary() or ["(none recorded)"])
+        for title, text in self.diagnostics.items() if diagnostics else ():
             lines.append(f"  --- {title} ---")
             lines.extend("    " + line for line in text.rstrip().splitlines())
         return "\n".join(lines)

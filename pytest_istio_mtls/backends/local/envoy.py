@@ -365,4 +365,10 @@ def bootstrap(workload: Workload, pod_ip: str, files: SidecarFiles, run_id: str)
                        f".svc.cluster.local", "cluster": f"{workload.ref}.{run_id}"},
         "admin": {"address": _address("127.0.0.1", ADMIN_PORT)},
         "dynamic_resources": {"lds_config": source(files.lds), "cds_config": source(files.cds)},
+        # An explicit connection limit (as istio-proxy sets) also keeps Envoy's startup warning out of the logs.
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": _typed("type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                                   "DownstreamConnectionsConfig", max_active_downstream_connections=100000),
+        }]},
     }
