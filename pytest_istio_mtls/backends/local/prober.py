@@ -69,28 +69,34 @@ def _receive(sock: socket.socket, response: Response, deadline: float, expect: i
     return data
 
 
-def http(netns: str, address: tuple[str, int], host: str, request: Request, marker: str,
-         timeout: float) -> Response:
-    """One HTTP/1.1 request on a fresh connection (Connection: close), like ``curl`` would send it."""
+def _exchange(netns: str, address: tuple[str, int], payload: bytes, timeout: float,
+              expect: int | None = None) -> tuple[Response, bytes]:
+    """Connect from inside ``netns``, send ``payload``, read the answer (until close or ``expect`` bytes)."""
     response = Response()
     started = time.monotonic()
     sock = _connect(netns, address, timeout, response)
-    if sock is None:
-        response.latency_ms = (time.monotonic() - started) * 1000
-        return response
+    data = b""
+    if sock is not None:
+        try:
+            sock.sendall(payload)
+            data = _receive(sock, response, started + timeout, expect)
+        except OSError as exc:
+            response.error, response.detail = "reset", str(exc)
+        finally:
+            sock.close()
+    response.latency_ms = (time.monotonic() - started) * 1000
+    return response, data
+
+
+def http(netns: str, address: tuple[str, int], host: str, request: Request, marker: str,
+         timeout: float) -> Response:
+    """One HTTP/1.1 request on a fresh connection (Connection: close), like ``curl`` would send it."""
     body = (request.body if request.body is not None else marker + "\n").encode()
     lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {host}:{address[1]}",
              "User-Agent: pytest-istio-mtls", "Accept: */*", f"{MARKER_HEADER}: {marker}"]
     lines += [f"{name}: {value}" for name, value in request.headers.items()]
     lines += ["Content-Type: text/plain", f"Content-Length: {len(body)}", "Connection: close", "", ""]
-    try:
-        sock.sendall("\r\n".join(lines).encode() + body)
-        data = _receive(sock, response, started + timeout)
-    except OSError as exc:
-        response.error, response.detail, data = "reset", str(exc), b""
-    finally:
-        sock.close()
-    response.latency_ms = (time.monotonic() - started) * 1000
+    response, data = _exchange(netns, address, "\r\n".join(lines).encode() + body, timeout)
     if data:
         head, _, payload = data.partition(b"\r\n\r\n")
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -121,21 +127,8 @@ def _dechunk(payload: bytes) -> bytes:
 
 def tcp(netns: str, address: tuple[str, int], marker: str, timeout: float) -> Response:
     """Send one marker line and expect it echoed back byte for byte."""
-    response = Response()
-    started = time.monotonic()
-    sock = _connect(netns, address, timeout, response)
-    if sock is None:
-        response.latency_ms = (time.monotonic() - started) * 1000
-        return response
     line = (marker + "\n").encode()
-    try:
-        sock.sendall(line)
-        data = _receive(sock, response, started + timeout, expect=len(line))
-    except OSError as exc:
-        response.error, response.detail, data = "reset", str(exc), b""
-    finally:
-        sock.close()
-    response.latency_ms = (time.monotonic() - started) * 1000
+    response, data = _exchange(netns, address, line, timeout, expect=len(line))
     response.body = data.decode("utf-8", "replace")
     response.echoed = data == line
     if response.echoed:
