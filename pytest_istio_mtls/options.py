@@ -215,10 +215,13 @@ def resolve(config: pytest.Config) -> Settings:
 def _pytest_kind_options(config: pytest.Config) -> dict[str, Any]:
     """pytest-kind's own flags, honoured when that plugin is installed and they mean the same thing."""
     extra: dict[str, Any] = {}
-    for dest, key in (("cluster_name", "cluster_name"), ("keep_cluster", "keep_cluster"),
-                      ("kind_image", "kind_image"), ("kind_bin", "kind_bin")):
+    given = config.invocation_params.args
+    for dest, flag in (("cluster_name", "--cluster-name"), ("keep_cluster", "--keep-cluster"),
+                       ("kind_image", "--kind-image"), ("kind_bin", "--kind-bin")):
         value = config.getoption(dest, default=None)
-        if value not in (None, False):
-            extra[key] = value
+        # pytest-kind gives --cluster-name a default ("pytest-kind"): only an explicit flag counts.
+        explicit = any(a == flag or a.startswith(flag + "=") for a in given)
+        if value not in (None, False) and (explicit or dest != "cluster_name"):
+            extra[dest] = value
     return extra
 

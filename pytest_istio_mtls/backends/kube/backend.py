@@ -1,0 +1,196 @@
+"""The part of the Backend protocol that is the same on kind and on an existing cluster:
+deploy the topology, put policies in force (and prove they are), probe, explain, clear.
+
+Subclasses provide ``start``/``versions``/``stop`` and how the mesh settings are honoured
+(``_ensure_mesh``: patched live on kind, only checked on a shared cluster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from ... import semantics
+from ...model import MeshSettings, Scenario, Topology
+from ...observation import Observation, Probe
+from ...options import Settings
+from ..base import BackendError, Progress
+from . import propagation
+from .apply import Applier
+from .client import KubeApi
+from .diagnostics import sections
+from .manifests import images, render_topology
+from .naming import Naming
+from .observe import Observer, sweep
+from .workloads import PodInfo, current_pods, wait_ready
+
+Ref = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
+
+
+def _ref(obj: dict[str, Any]) -> Ref:
+    metadata = obj.get("metadata") or {}
+    return (str(obj.get("apiVersion")), str(obj.get("kind")), str(metadata.get("namespace") or ""),
+            str(metadata.get("name")))
+
+
+def confirmation_probes(scenario: Scenario) -> list[Probe]:
+    """The scenario's own rows, or every client × server port when it has none (fixture use)."""
+    if scenario.expectations:
+        return [Probe(e.source, e.target, e.port, e.request) for e in scenario.expectations]
+    return [Probe(p.source, p.target, p.port) for p in semantics.predict_all(scenario)]
+
+
+class KubeBackend:
+    name = "kube"
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.kube: KubeApi | None = None
+        self.naming = Naming(None)
+        self.revision: str | None = settings.istio_revision
+        self.topology: Topology | None = None
+        self.mesh: MeshSettings | None = None
+        self.pods: dict[str, PodInfo] = {}
+        self.applier: Applier | None = None
+        self.scenario: Scenario | None = None  # whose policies are in force
+        self.workload_objects: list[Ref] = []
+        self.namespaces: set[str] = set()  # cluster namespaces this run created
+        self.access_logs = True
+
+    # -- hooks ------------------------------------------------------------------------------------------
+
+    def _ensure_mesh(self, mesh: MeshSettings) -> None:
+        raise NotImplementedError
+
+    def _check_policies(self, scenario: Scenario) -> None:
+        """Refuse policies this backend must not apply (existing: mesh-wide without permission)."""
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _api(self) -> KubeApi:
+        if self.kube is None:
+            raise BackendError(f"the {self.name} backend was not started")
+        return self.kube
+
+    def _applier(self) -> Applier:
+        if self.applier is None:
+            self.applier = Applier(self._api(), self.progress)
+        return self.applier
+
+    # -- Backend protocol -------------------------------------------------------------------------------
+
+    def deploy(self, topology: Topology, mesh: MeshSettings) -> None:
+        kube = self._api()
+        self._ensure_mesh(mesh)
+        self.mesh = mesh
+        if self.topology is not None and topology.signature() == self.topology.signature():
+            self.pods = current_pods(kube, topology.workloads, self.naming)
+            return
+        ambient = [w.ref for w in topology.workloads if w.ambient]
+        if ambient:
+            raise BackendError(f"ambient workloads ({', '.join(ambient)}) are not supported by the {self.name} "
+                               "backend")
+        objects = render_topology(topology, self.naming, images(self.settings.images), self.revision)
+        wanted = {_ref(o) for o in objects}
+        for stale in reversed(self.workload_objects):
+            if stale not in wanted and stale[1] != "Namespace":
+                kube.delete(*stale)
+        self.progress(f"deploying {len(topology.workloads)} workloads in "
+                      f"{', '.join(self.naming.ns(n.name) for n in topology.namespaces)}")
+        for obj in objects:
+            if obj["kind"] == "Namespace" and kube.get("v1", "Namespace", None, obj["metadata"]["name"]) is None:
+                self.namespaces.add(obj["metadata"]["name"])  # created by this run: ours to delete
+            kube.apply(obj)
+        self.workload_objects = [_ref(o) for o in objects]
+        self.pods = wait_ready(kube, topology, self.naming, self.settings.timeout, self.progress)
+        self.topology = topology
+
+    def apply(self, scenario: Scenario) -> None:
+        self._check_policies(scenario)
+        applier = self._applier()
+        removed = list(self.scenario.policies) if self.scenario is not None else []
+        applier.wait_gone(applier.delete_all())
+        known = [n.name for n in scenario.topology.namespaces]
+        items = [(p, self.naming.rewrite(p.manifest, known)) for p in scenario.policies]
+        self.scenario = scenario
+        applier.apply(items)
+        self._settle(scenario, removed, confirm=True)
+
+    def clear(self) -> None:
+        if self.scenario is None:
+            return
+        applier = self._applier()
+        applier.wait_gone(applier.delete_all())
+        removed = list(self.scenario.policies)
+        self.scenario = dataclasses.replace(self.scenario, policies=(), expectations=())
+        self._settle(self.scenario, removed, confirm=False)
+
+    def probe(self, probes: Sequence[Probe]) -> list[Observation]:
+        kube = self._api()
+        if self.topology is not None:
+            self.pods = current_pods(kube, self.topology.workloads, self.naming)
+        pcaps = self.settings.report / "pcaps" if self.settings.report is not None else None
+        observer = Observer(kube, self.naming, self.pods, self.progress, pcaps, self.access_logs)
+        return observer.observe(probes)
+
+    def diagnostics(self, probes: Sequence[Probe]) -> dict[str, str]:
+        applied = list(self.applier.applied) if self.applier is not None else []
+        try:
+            return sections(self._api(), self.naming, self.pods, probes, applied)
+        except BackendError as exc:
+            return {"diagnostics": f"could not be collected: {exc}"}
+
+    def _cleanup(self) -> list[str]:
+        """Delete the policies and the namespaces this run created; return what could not be deleted."""
+        problems = []
+        kube = self._api()
+        try:
+            if self.applier is not None:
+                self.applier.delete_all()
+        except BackendError as exc:
+            problems.append(str(exc))
+        for namespace in sorted(self.namespaces):
+            try:
+                kube.delete("v1", "Namespace", None, namespace)
+            except BackendError as exc:
+                problems.append(str(exc))
+        self.namespaces.clear()
+        return problems
+
+    # -- propagation ------------------------------------------------------------------------------------
+
+    def _settle(self, scenario: Scenario, removed: Sequence[Any], confirm: bool) -> None:
+        kube = self._api()
+        wanted = propagation.expectations(scenario, self.naming, removed)
+        propagation.wait_in_force(kube, self.pods, wanted, self.settings.timeout, self.progress)
+        if confirm:
+            self._confirm(scenario)
+
+    def _confirm(self, scenario: Scenario, interval: float = 1.0) -> None:
+        """Two consecutive sweeps of the scenario's probes must agree: no connection still runs under
+        the previous policies (Envoy drains, it does not cut)."""
+        probes = confirmation_probes(scenario)
+        if not probes:
+            return
+        kube = self._api()
+        previous = sweep(kube, self.naming, self.pods, probes)
+        changed: list[int] = []
+
+        def unsettled() -> list[int]:
+            nonlocal previous, changed
+            current = sweep(kube, self.naming, self.pods, probes)
+            changed = [i for i in current if current[i] != previous.get(i)]
+            previous = current
+            return changed
+
+        try:
+            Retrying(stop=stop_after_delay(self.settings.timeout), wait=wait_fixed(interval),
+                     retry=retry_if_result(bool))(unsettled)
+        except RetryError:
+            pairs = ", ".join(probes[i].pair for i in changed)
+            raise BackendError(f"outcomes still changing after {self.settings.timeout:.0f}s (--istio-timeout): "
+                               f"{pairs}") from None

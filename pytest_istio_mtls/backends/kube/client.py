@@ -1,0 +1,365 @@
+"""The Kubernetes API as the backends use it: plain dicts in and out, errors as one-line BackendErrors.
+
+Built from an explicit kubeconfig path and context into a private ``ApiClient``; the process-wide
+default configuration is never touched. ``KubeApi`` is the interface the rest of the package uses,
+so tests drive everything with replays of real API objects instead of a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..base import BackendError
+from .manifests import FIELD_MANAGER
+
+APPLY = "application/apply-patch+yaml"
+# kind → (api attribute, method suffix, namespaced) for the built-in kinds; everything else is a custom object.
+BUILTIN: dict[str, tuple[str, str, bool]] = {
+    "Namespace": ("core", "namespace", False),
+    "Node": ("core", "node", False),
+    "ServiceAccount": ("core", "namespaced_service_account", True),
+    "Service": ("core", "namespaced_service", True),
+    "ConfigMap": ("core", "namespaced_config_map", True),
+    "Pod": ("core", "namespaced_pod", True),
+    "Event": ("core", "namespaced_event", True),
+    "Deployment": ("apps", "namespaced_deployment", True),
+    "MutatingWebhookConfiguration": ("admission", "mutating_webhook_configuration", False),
+}
+PLURALS: dict[str, str] = {
+    "PeerAuthentication": "peerauthentications", "AuthorizationPolicy": "authorizationpolicies",
+    "RequestAuthentication": "requestauthentications", "DestinationRule": "destinationrules",
+    "VirtualService": "virtualservices", "Gateway": "gateways", "ServiceEntry": "serviceentries",
+    "Sidecar": "sidecars", "WorkloadEntry": "workloadentries", "WorkloadGroup": "workloadgroups",
+    "EnvoyFilter": "envoyfilters", "ProxyConfig": "proxyconfigs", "Telemetry": "telemetries",
+}
+
+
+class KubeError(BackendError):
+    """An API call failed; ``status`` is the HTTP status (0 when there was no response)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ExecResult:
+    stdout: bytes = b""
+    stderr: str = ""
+    returncode: int | None = None  # None: the command did not run to completion (see error)
+    error: str = ""  # the exec itself failed (pod/container missing, timeout, stream broken)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.returncode == 0
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        detail = self.stderr.strip().splitlines()[-1:] if self.stderr.strip() else []
+        return f"exit code {self.returncode}" + (f": {detail[0]}" if detail else "")
+
+
+class ExecStream(Protocol):
+    """A running exec whose stdout arrives as bytes (tcpdump's pcap output)."""
+
+    def pump(self, timeout: float) -> tuple[bytes, bytes]: ...
+
+    def write_stdin(self, data: bytes) -> None: ...
+
+    def is_open(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class KubeApi(Protocol):
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None: ...
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str = "") -> list[dict[str, Any]]: ...
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool: ...
+
+    def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+              body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def exec(self, namespace: str, pod: str, container: str, command: Sequence[str],
+             timeout: float = 60.0) -> ExecResult: ...
+
+    def exec_stream(self, namespace: str, pod: str, container: str, command: Sequence[str]) -> ExecStream: ...
+
+    def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
+             tail_lines: int | None = None) -> str: ...
+
+    def server_version(self) -> str: ...
+
+
+def _message(exc: Exception) -> tuple[str, int]:
+    status = int(getattr(exc, "status", 0) or 0)
+    body = getattr(exc, "body", None)
+    try:
+        text = json.loads(body).get("message", "") if body else ""
+    except (ValueError, AttributeError):
+        text = ""
+    return (text or str(getattr(exc, "reason", "")) or str(exc)).strip().splitlines()[0], status
+
+
+def parse_exec_status(raw: str) -> tuple[int | None, str]:
+    """The exec status on channel 3: (exit code, error). Success → (0, ''), a non-zero exit → (n, ''),
+    a failure to run the command at all → (None, message)."""
+    if not raw.strip():
+        return None, "the exec ended without a status"
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return None, raw.strip()
+    if status.get("status") == "Success":
+        return 0, ""
+    if status.get("reason") == "NonZeroExitCode":
+        for cause in (status.get("details") or {}).get("causes") or []:
+            if cause.get("reason") == "ExitCode":
+                return int(cause.get("message", "1")), ""
+    return None, str(status.get("message") or raw).strip()
+
+
+class _WebSocketStream:
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    def pump(self, timeout: float) -> tuple[bytes, bytes]:
+        if self._ws.is_open():
+            self._ws.update(timeout=timeout)
+        return bytes(self._ws.read_channel(1) or b""), bytes(self._ws.read_channel(2) or b"")
+
+    def write_stdin(self, data: bytes) -> None:
+        self._ws.write_stdin(data)
+
+    def is_open(self) -> bool:
+        return bool(self._ws.is_open())
+
+    def close(self) -> None:
+        self._ws.close()
+
+
+class Kube:
+    """``KubeApi`` on the official client (kubernetes < 37)."""
+
+    def __init__(self, kubeconfig: Path | str | None, context: str | None = None,
+                 request_timeout: float = 30.0) -> None:
+        """``kubeconfig=None``: ``$KUBECONFIG`` (a path list is merged) else ``~/.kube/config``."""
+        from kubernetes import client, config
+
+        try:
+            self.api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None,
+                                                     context=context, persist_config=False)
+        except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+            where = str(kubeconfig) if kubeconfig else "the default kubeconfig"
+            raise BackendError(f"cannot use {where}" + (f" (context {context})" if context else "")
+                               + f": {exc}") from None
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.admission = client.AdmissionregistrationV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.timeout = request_timeout
+        self._stream_lock = threading.Lock()  # stream() swaps ApiClient.request while it connects
+
+    # -- objects ------------------------------------------------------------------------------------------
+
+    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return function(*args, _request_timeout=self.timeout, **kwargs)
+        except ApiException as exc:
+            message, status = _message(exc)
+            raise KubeError(f"{what}: {message}", status) from None
+        except Exception as exc:  # urllib3 connection errors and friends: one line, no traceback
+            raise KubeError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        data = obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+        return data if isinstance(data, dict) else {}
+
+    def _builtin(self, kind: str) -> tuple[Any, str, bool] | None:
+        entry = BUILTIN.get(kind)
+        if entry is None:
+            return None
+        api_name, suffix, namespaced = entry
+        return getattr(self, api_name), suffix, namespaced
+
+    @staticmethod
+    def _custom(api_version: str, kind: str) -> tuple[str, str, str]:
+        group, _, version = api_version.partition("/")
+        plural = PLURALS.get(kind)
+        if plural is None or not version:
+            raise KubeError(f"do not know how to address {api_version} {kind}")
+        return group, version, plural
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply with our field manager, taking ownership of conflicting fields."""
+        kind, metadata = str(obj.get("kind")), obj.get("metadata") or {}
+        name, namespace = str(metadata.get("name")), metadata.get("namespace")
+        what = f"apply {kind} {namespace + '/' if namespace else ''}{name}"
+        options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
+        builtin = self._builtin(kind)
+        if builtin is not None:
+            api, suffix, namespaced = builtin
+            args = (name, namespace, obj) if namespaced else (name, obj)
+            return self._dict(self._call(what, getattr(api, f"patch_{suffix}"), *args, **options))
+        group, version, plural = self._custom(str(obj.get("apiVersion")), kind)
+        if namespace:
+            result = self._call(what, self.custom.patch_namespaced_custom_object, group, version, namespace,
+                                plural, name, obj, **options)
+        else:
+            result = self._call(what, self.custom.patch_cluster_custom_object, group, version, plural, name, obj,
+                                **options)
+        return self._dict(result)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        what = f"get {kind} {namespace + '/' if namespace else ''}{name}"
+        try:
+            builtin = self._builtin(kind)
+            if builtin is not None:
+                api, suffix, namespaced = builtin
+                args = (name, namespace) if namespaced else (name,)
+                return self._dict(self._call(what, getattr(api, f"read_{suffix}"), *args))
+            group, version, plural = self._custom(api_version, kind)
+            if namespace:
+                return self._dict(self._call(what, self.custom.get_namespaced_custom_object, group, version,
+                                             namespace, plural, name))
+            return self._dict(self._call(what, self.custom.get_cluster_custom_object, group, version, plural, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str = "") -> list[dict[str, Any]]:
+        what = f"list {kind}" + (f" in {namespace}" if namespace else "")
+        builtin = self._builtin(kind)
+        if builtin is not None:
+            api, suffix, namespaced = builtin
+            if namespaced and namespace:
+                result = self._call(what, getattr(api, f"list_{suffix}"), namespace, label_selector=label_selector)
+            elif namespaced:
+                plain = suffix.removeprefix("namespaced_")
+                result = self._call(what, getattr(api, f"list_{plain}_for_all_namespaces"),
+                                    label_selector=label_selector)
+            else:
+                result = self._call(what, getattr(api, f"list_{suffix}"), label_selector=label_selector)
+            return list(self._dict(result).get("items") or [])
+        group, version, plural = self._custom(api_version, kind)
+        if namespace:
+            data = self._call(what, self.custom.list_namespaced_custom_object, group, version, namespace, plural,
+                              label_selector=label_selector)
+        else:
+            data = self._call(what, self.custom.list_cluster_custom_object, group, version, plural,
+                              label_selector=label_selector)
+        return list(self._dict(data).get("items") or [])
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+        what = f"delete {kind} {namespace + '/' if namespace else ''}{name}"
+        try:
+            builtin = self._builtin(kind)
+            if builtin is not None:
+                api, suffix, namespaced = builtin
+                args = (name, namespace) if namespaced else (name,)
+                self._call(what, getattr(api, f"delete_{suffix}"), *args, propagation_policy="Background")
+                return True
+            group, version, plural = self._custom(api_version, kind)
+            if namespace:
+                self._call(what, self.custom.delete_namespaced_custom_object, group, version, namespace, plural, name)
+            else:
+                self._call(what, self.custom.delete_cluster_custom_object, group, version, plural, name)
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+              body: dict[str, Any]) -> dict[str, Any]:
+        what = f"patch {kind} {namespace + '/' if namespace else ''}{name}"
+        builtin = self._builtin(kind)
+        if builtin is None:
+            raise KubeError(f"{what}: only built-in kinds are patched")
+        api, suffix, namespaced = builtin
+        args = (name, namespace, body) if namespaced else (name, body)
+        return self._dict(self._call(what, getattr(api, f"patch_{suffix}"), *args,
+                                     _content_type="application/merge-patch+json"))
+
+    # -- pods ---------------------------------------------------------------------------------------------
+
+    def _open(self, namespace: str, pod: str, container: str, command: Sequence[str], stdin: bool) -> Any:
+        from kubernetes.client.rest import ApiException
+        from kubernetes.stream import stream
+
+        with self._stream_lock:
+            try:
+                return stream(self.core.connect_get_namespaced_pod_exec, pod, namespace, container=container,
+                              command=list(command), stdin=stdin, stdout=True, stderr=True, tty=False,
+                              _preload_content=False, binary=True)
+            except ApiException as exc:
+                raise KubeError(f"exec in {namespace}/{pod} ({container}): {_message(exc)[0]}",
+                                _message(exc)[1]) from None
+            except Exception as exc:
+                raise KubeError(f"exec in {namespace}/{pod} ({container}): {type(exc).__name__}: {exc}") from None
+
+    def exec(self, namespace: str, pod: str, container: str, command: Sequence[str],
+             timeout: float = 60.0) -> ExecResult:
+        try:
+            ws = self._open(namespace, pod, container, command, stdin=False)
+        except KubeError as exc:
+            return ExecResult(error=str(exc))
+        stdout, stderr = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            while ws.is_open() and time.monotonic() < deadline:
+                ws.update(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
+                stdout += ws.read_channel(1) or b""
+                stderr += ws.read_channel(2) or b""
+            stdout += ws.read_channel(1) or b""
+            stderr += ws.read_channel(2) or b""
+            if ws.is_open():
+                return ExecResult(bytes(stdout), stderr.decode("utf-8", "replace"),
+                                  error=f"exec in {namespace}/{pod} ({container}) did not finish within {timeout:.0f}s")
+            raw = ws.read_channel(3) or b""
+            code, error = parse_exec_status(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+        except Exception as exc:  # a broken websocket is an exec failure, reported, never raised
+            return ExecResult(bytes(stdout), stderr.decode("utf-8", "replace"),
+                              error=f"exec in {namespace}/{pod} ({container}) broke: {type(exc).__name__}: {exc}")
+        finally:
+            ws.close()
+        if error:
+            error = f"exec in {namespace}/{pod} ({container}): {error}"
+        return ExecResult(bytes(stdout), stderr.decode("utf-8", "replace"), code, error)
+
+    def exec_stream(self, namespace: str, pod: str, container: str, command: Sequence[str]) -> ExecStream:
+        return _WebSocketStream(self._open(namespace, pod, container, command, stdin=True))
+
+    def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
+             tail_lines: int | None = None) -> str:
+        kwargs: dict[str, Any] = {"container": container, "_preload_content": False}
+        if since_seconds is not None:
+            kwargs["since_seconds"] = since_seconds
+        if tail_lines is not None:
+            kwargs["tail_lines"] = tail_lines
+        # Raw bytes: the client would otherwise try to deserialize JSON log lines.
+        response = self._call(f"logs of {namespace}/{pod} ({container})", self.core.read_namespaced_pod_log,
+                              pod, namespace, **kwargs)
+        data = getattr(response, "data", b"")
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+    def server_version(self) -> str:
+        from kubernetes import client
+
+        info = self._call("server version", client.VersionApi(self.api).get_code)
+        return str(getattr(info, "git_version", "") or "")

@@ -1,0 +1,253 @@
+"""Every object the kind/existing backends apply, rendered from the scenario model as plain dicts.
+
+Pure functions, no cluster: ``pytest-istio-mtls render`` prints exactly these. Servers run
+go-httpbin (http ports, echoes headers incl. X-Forwarded-Client-Cert) and Istio's tcp-echo-server
+(tcp ports); every pod has a ``curl`` container to probe from, and server pods a ``capture``
+container (tcpdump) as a non-first container, so Istio's default container stays the app.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ...evidence.accesslog import FORMAT
+from ..base import BackendError
+
+if TYPE_CHECKING:
+    from ...model import MeshSettings, Port, Topology, Workload
+    from .naming import Naming
+
+FIELD_MANAGER = "pytest-istio-mtls"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "pytest-istio-mtls"}
+WORKLOAD_LABEL = "istio-mtls.pytest.io/workload"
+RUN_LABEL = "istio-mtls.pytest.io/run"
+PROXY = "istio-proxy"
+CURL = "curl"
+CAPTURE = "capture"
+ECHO_PREFIX = "hello"
+FRESH_CONNECTIONS = "pytest-istio-mtls-fresh-connections"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+DEFAULT_IMAGES: dict[str, str] = {
+    "httpbin": "docker.io/mccutchen/go-httpbin:v2.15.0",  # Istio's httpbin sample image; multi-arch
+    "curl": "docker.io/curlimages/curl:8.16.0",  # Istio's curl sample image
+    "tcp-echo": "docker.io/istio/tcp-echo-server:1.3",  # Istio's tcp-echo sample; arm64 build not verified
+    "capture": "docker.io/nicolaka/netshoot:v0.15",  # tcpdump; multi-arch
+}
+
+
+class ManifestError(BackendError):
+    """The topology cannot be rendered into pods (e.g. one container port used by http and tcp)."""
+
+
+def _requests() -> dict[str, Any]:
+    """Small requests so a topology fits on a 2-CPU runner (a fresh dict each time: no shared state)."""
+    return {"requests": {"cpu": "5m", "memory": "16Mi"}}
+
+
+def images(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {**DEFAULT_IMAGES, **(overrides or {})}
+
+
+def stats_inclusion(namespaces: Iterable[str] | None = None) -> list[str]:
+    """proxyStatsMatcher inclusionRegexps (full-match) for the stats the verdicts read.
+
+    With ``namespaces``, outbound cluster stats are limited to those namespaces' Services, which keeps
+    the extra stats small on a shared cluster.
+    """
+    if namespaces:
+        names = "|".join(sorted(namespaces))
+        outbound = rf"cluster\.outbound\|[0-9]+\|[^|]*\|[^|]*\.({names})\.svc\.cluster\.local\..*"
+    else:
+        outbound = r"cluster\.outbound\|.*"
+    return [r"listener\.0\.0\.0\.0_15006\..*", r"tls_inspector\..*", outbound, r"cluster\.inbound\|.*",
+            r"http\.inbound.*", r"tcp\.inbound.*", r".*rbac.*"]
+
+
+def proxy_config(namespaces: Iterable[str] | None = None) -> dict[str, Any]:
+    return {"holdApplicationUntilProxyStarts": True,
+            "proxyStatsMatcher": {"inclusionRegexps": stats_inclusion(namespaces)}}
+
+
+def injection_label(revision: str | None) -> dict[str, str]:
+    return {"istio.io/rev": revision} if revision else {"istio-injection": "enabled"}
+
+
+def port_name(port: Port) -> str:
+    """Service port names start with the protocol, so Istio detects http vs tcp by name too."""
+    if port.name == port.protocol or port.name.startswith(f"{port.protocol}-"):
+        return port.name
+    return f"{port.protocol}-{port.name}"[:63]
+
+
+def access_log_format() -> str:
+    return json.dumps(FORMAT, sort_keys=True)
+
+
+def _labels(naming: Naming, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    labels = {**MANAGED_BY, **(extra or {})}
+    if naming.run_id is not None:
+        labels[RUN_LABEL] = naming.run_id
+    return labels
+
+
+def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, str],
+                    revision: str | None = None) -> list[dict[str, Any]]:
+    """Namespaces, ServiceAccounts, Deployments, Services and the fresh-connection EnvoyFilters."""
+    objects: list[dict[str, Any]] = []
+    for namespace in topology.namespaces:
+        labels = _labels(naming)
+        if namespace.sidecars:
+            labels.update(injection_label(revision))
+        elif not any(w.sidecar for w in topology.workloads if w.namespace == namespace.name):
+            labels["istio-injection"] = "disabled"
+        objects.append({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": naming.ns(namespace.name), "labels": labels}})
+    for ns, account in sorted({(w.namespace, w.service_account) for w in topology.workloads}):
+        objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": account, "namespace": naming.ns(ns), "labels": _labels(naming)}})
+    cluster_namespaces = [naming.ns(n.name) for n in topology.namespaces]
+    for workload in topology.workloads:
+        objects.append(deployment(workload, topology, naming, image_map, revision, cluster_namespaces))
+        if workload.ports:
+            objects.append(service(workload, naming))
+    objects.extend(fresh_connection_filters(topology, naming))
+    return objects
+
+
+def _app_containers(workload: Workload, image_map: Mapping[str, str]) -> list[dict[str, Any]]:
+    http = sorted({p.target_port for p in workload.ports if p.protocol == "http"})
+    tcp = sorted({p.target_port for p in workload.ports if p.protocol == "tcp"})
+    clash = set(http) & set(tcp)
+    if clash:
+        raise ManifestError(f"{workload.ref}: container port {min(clash)} is used by both an http and a tcp port")
+    containers: list[dict[str, Any]] = []
+    for number in http:
+        containers.append({
+            "name": "httpbin" if len(http) == 1 else f"httpbin-{number}",
+            "image": image_map["httpbin"],
+            "env": [{"name": "PORT", "value": str(number)}],
+            "ports": [{"containerPort": number, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/status/200", "port": number}, "periodSeconds": 2},
+            "resources": _requests(),
+        })
+    if tcp:
+        containers.append({
+            "name": "tcp-echo",
+            "image": image_map["tcp-echo"],
+            "args": [",".join(str(n) for n in tcp), ECHO_PREFIX],
+            "ports": [{"containerPort": n, "protocol": "TCP"} for n in tcp],
+            "readinessProbe": {"tcpSocket": {"port": tcp[0]}, "periodSeconds": 2},
+            "resources": _requests(),
+        })
+    return containers
+
+
+def deployment(workload: Workload, topology: Topology, naming: Naming, image_map: Mapping[str, str],
+               revision: str | None, cluster_namespaces: Iterable[str]) -> dict[str, Any]:
+    namespace = topology.namespace(workload.namespace)
+    namespace_injects = namespace is not None and namespace.sidecars
+    labels = {**workload.labels, **_labels(naming, {WORKLOAD_LABEL: workload.name})}
+    annotations: dict[str, str] = {}
+    if not workload.sidecar:  # opt out both ways: the label wins on current Istio, the annotation on old ones
+        labels["sidecar.istio.io/inject"] = annotations["sidecar.istio.io/inject"] = "false"
+    elif not namespace_injects:
+        if revision:
+            labels["istio.io/rev"] = revision
+        else:
+            labels["sidecar.istio.io/inject"] = annotations["sidecar.istio.io/inject"] = "true"
+    if workload.sidecar:
+        scoped = cluster_namespaces if naming.mapped else None
+        annotations["proxy.istio.io/config"] = json.dumps(proxy_config(scoped), sort_keys=True)
+    containers = _app_containers(workload, image_map)
+    containers.append({"name": CURL, "image": image_map["curl"], "command": ["/bin/sleep", "infinity"],
+                       "resources": _requests()})
+    if workload.ports:
+        containers.append({
+            "name": CAPTURE, "image": image_map["capture"], "command": ["sleep", "infinity"],
+            "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+            "resources": _requests(),
+        })
+    annotations["kubectl.kubernetes.io/default-container"] = containers[0]["name"]
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": workload.name, "namespace": naming.ns(workload.namespace),
+                     "labels": _labels(naming, {WORKLOAD_LABEL: workload.name})},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},  # never two pods (two endpoints) for one workload
+            "selector": {"matchLabels": {WORKLOAD_LABEL: workload.name}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {"serviceAccountName": workload.service_account, "terminationGracePeriodSeconds": 0,
+                         "containers": containers},
+            },
+        },
+    }
+
+
+def service(workload: Workload, naming: Naming) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": workload.name, "namespace": naming.ns(workload.namespace),
+                     "labels": _labels(naming, {WORKLOAD_LABEL: workload.name})},
+        "spec": {
+            "selector": {WORKLOAD_LABEL: workload.name},
+            "ports": [{"name": port_name(p), "port": p.port, "targetPort": p.target_port, "protocol": "TCP",
+                       "appProtocol": p.protocol} for p in workload.ports],
+        },
+    }
+
+
+def fresh_connection_filters(topology: Topology, naming: Naming) -> list[dict[str, Any]]:
+    """One EnvoyFilter per sidecar namespace: our client sidecars open a new upstream connection for
+    every HTTP request (``max_requests_per_connection: 1`` on the outbound clusters of our http
+    Services), so every probe has its own TLS handshake and its own flow in the capture.
+
+    Istio replaces the whole ``typed_extension_protocol_options`` entry on MERGE, so the value is a
+    complete HttpProtocolOptions (explicit HTTP/1.1, as Istio configures ``http`` ports). TLS settings
+    are not touched.
+    """
+    targets = [(naming.host(w.name, w.namespace), p.port) for w in topology.workloads for p in w.ports
+               if p.protocol == "http"]
+    if not targets:
+        return []
+    options = {"@type": f"type.googleapis.com/{HTTP_OPTIONS}",
+               "explicit_http_config": {"http_protocol_options": {}},
+               "common_http_protocol_options": {"max_requests_per_connection": 1}}
+    patches = [{"applyTo": "CLUSTER",
+                "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"service": host, "portNumber": port}},
+                "patch": {"operation": "MERGE", "value": {"typed_extension_protocol_options": {HTTP_OPTIONS: options}}}}
+               for host, port in targets]
+    return [{"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+             "metadata": {"name": FRESH_CONNECTIONS, "namespace": naming.ns(ns), "labels": _labels(naming)},
+             "spec": {"workloadSelector": {"labels": dict(MANAGED_BY)}, "configPatches": patches}}
+            for ns in sorted({w.namespace for w in topology.workloads if w.sidecar})]
+
+
+def mesh_settings(mesh: MeshSettings) -> dict[str, Any]:
+    """The meshConfig keys a scenario controls (set at install, patched live between scenarios)."""
+    return {"enableAutoMtls": mesh.auto_mtls, "rootNamespace": mesh.root_namespace}
+
+
+def install_overlay(mesh: MeshSettings, revision: str | None = None) -> dict[str, Any]:
+    """The IstioOperator given to ``istioctl install -f``: minimal profile, our mesh settings, JSON
+    access logs in the evidence format, the stats the verdicts need, small resource requests."""
+    spec: dict[str, Any] = {"profile": "minimal"}
+    if revision:
+        spec["revision"] = revision
+    spec["meshConfig"] = {
+        **mesh_settings(mesh),
+        "trustDomain": mesh.trust_domain,
+        "accessLogFile": "/dev/stdout",
+        "accessLogEncoding": "JSON",
+        "accessLogFormat": access_log_format(),
+        "defaultConfig": proxy_config(),
+    }
+    spec["values"] = {
+        "pilot": {"autoscaleEnabled": False, "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}}},
+        "global": {"proxy": {"resources": {"requests": {"cpu": "10m", "memory": "40Mi"}}}},
+    }
+    return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+            "metadata": {"name": "pytest-istio-mtls", "namespace": "istio-system"}, "spec": spec}
