@@ -146,3 +146,33 @@ def test_kept_run_is_live_and_cleanup_removes_it(pytester: pytest.Pytester,
                              capture_output=True, text=True, check=False)
     assert cleanup.returncode == 0, cleanup.stderr
     assert not leftovers(run_id)
+
+
+def test_fixtures_for_python_tests(pytester: pytest.Pytester) -> None:
+    """istio_policies applies and removes policies; istio_probe returns judged observations (README example)."""
+    pytester.makepyfile('''
+        STRICT_APP = """
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: default, namespace: app}
+        spec: {mtls: {mode: STRICT}}
+        """
+
+        def test_strict_then_open(istio_policies, istio_probe):
+            with istio_policies(STRICT_APP) as scenario:
+                assert [p.ref for p in scenario.policies] == ["PeerAuthentication app/default"]
+                assert istio_probe("frontend.app", "backend.app:8080").result == "mtls"
+                refused = istio_probe("plaintext.legacy", "backend.app")
+                assert refused.result == "refused", refused.verdict.error
+                assert refused.prediction.result == "refused"
+            assert istio_probe("plaintext.legacy", "backend.app").result == "plaintext"
+
+        def test_bad_policy_is_reported(istio_policies):
+            import pytest
+            from pytest_istio_mtls import ScenarioError
+            with pytest.raises(ScenarioError, match="invalid mtls.mode 'STICT'"):
+                with istio_policies(STRICT_APP.replace("STRICT", "STICT")):
+                    pass
+    ''')
+    result = pytester.runpytest_subprocess("--istio-backend=local", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
