@@ -60,6 +60,3 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
             match = [lowered[word.lower()]]
     return f"; did you mean '{match[0]}'?" if match else ""
 
-
-def one_of(choices: Iterable[str]) -> str:
-    return ", ".join(choices)

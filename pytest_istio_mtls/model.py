@@ -33,10 +33,6 @@ class Result(str, Enum):
     def __str__(self) -> str:
         return self.value
 
-    @property
-    def concrete(self) -> bool:
-        return self in CONCRETE_RESULTS
-
     def covers(self, observed: Result) -> bool:
         """Does an expectation of ``self`` accept an observation of ``observed``?"""
         if self is Result.ALLOWED:

@@ -131,10 +131,6 @@ class Observation:
     echoed: bool = False  # the app's answer carries our marker: the request reached the app
     evidence: Evidence = field(default_factory=Evidence)
 
-    @property
-    def answered(self) -> bool:
-        return self.status is not None or (self.probe.port.protocol == "tcp" and self.echoed)
-
     def client_saw(self) -> str:
         """One phrase for failure messages: what the client application experienced."""
         if self.status is not None:

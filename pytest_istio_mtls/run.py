@@ -129,10 +129,6 @@ class Run:
             self.versions = backend.versions()
         return self._backend
 
-    @property
-    def active(self) -> bool:
-        return self._backend is not None
-
     def outcome(self, scenario: Scenario, expectation: Expectation,
                 selected: Sequence[Expectation]) -> Outcome:
         key = str(scenario.path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -536,17 +536,6 @@ class _Loader:
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     """Load and validate one scenario file. Raises ScenarioError listing every problem."""
     return _Loader(Path(path)).load()
-
-
-def discover(paths: Iterable[Path]) -> list[Path]:
-    """Scenario files under ``paths`` (files as given, directories searched recursively, sorted)."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and looks_like_scenario(p)))
-        else:
-            found.append(path)
-    return found
 
 
 def load_policies(text: str, topology: Topology, mesh: MeshSettings | None = None,

@@ -110,12 +110,6 @@ def port_level_modes(policy: Policy) -> dict[int, str]:
     return modes
 
 
-def _scope(policy: Policy, root_namespace: str) -> str:
-    if policy.selector:
-        return "workload"
-    return "mesh-wide" if policy.namespace == root_namespace else "namespace-wide"
-
-
 def _sorted(policies: Iterable[Policy]) -> list[Policy]:
     return sorted(policies, key=lambda p: p.order)
 
@@ -412,12 +406,6 @@ def client_decision(scenario: Scenario, client: Workload, server: Workload, port
 
 
 # --------------------------------------------------------------------------- outcome and limits (X rules)
-
-# Resources whose effect on a pair this module does not model. Each maps to a test that says
-# whether the resource may change the pair; if so the prediction is ``unknown``.
-AUTHZ_KINDS = ("AuthorizationPolicy", "RequestAuthentication")
-IGNORED_KINDS = ("Gateway", "WorkloadEntry", "WorkloadGroup", "ProxyConfig")
-
 
 def _host_list(policy: Policy) -> list[str]:
     hosts = policy.spec.get("hosts")

@@ -165,8 +165,6 @@ class Kube:
             raise BackendError(f"cannot use {where}" + (f" (context {context})" if context else "")
                                + f": {exc}") from None
         self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.admission = client.AdmissionregistrationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.timeout = request_timeout
         self._stream_lock = threading.Lock()  # stream() swaps ApiClient.request while it connects
