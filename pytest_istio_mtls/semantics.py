@@ -407,6 +407,7 @@ def client_decision(scenario: Scenario, client: Workload, server: Workload, port
 
 # --------------------------------------------------------------------------- outcome and limits (X rules)
 
+
 def _host_list(policy: Policy) -> list[str]:
     hosts = policy.spec.get("hosts")
     return [resolve_host(str(h), policy.namespace) for h in hosts] if isinstance(hosts, list) else []
