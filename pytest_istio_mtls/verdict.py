@@ -8,8 +8,9 @@ shows *why* it happened; anything else is an error with the reason, never a pass
 - ``plaintext``: the request reached the app and the capture shows the marker in clear.
 - ``refused``: no answer, the client has no sidecar, and the server sidecar recorded a rejection
   (no filter chain matched, or a TLS error on its inbound listener).
-- ``unavailable``: the client's own sidecar answered 503 (or closed a TCP stream) and recorded an
-  upstream connection failure for this Service.
+- ``unavailable``: the client's own sidecar answered 503 (or closed a TCP stream) and its upstream
+  connection to this Service failed at the TLS level, or was reset by a server side that shows the
+  connection (its sidecar's rejection or the capture); a bare TCP connect failure does not count.
 - ``denied``: 403 ``RBAC: access denied`` and the server sidecar recorded an RBAC denial.
 
 A dead proxy, a dead app, an unresolved name, a timeout, or missing evidence is an error.
@@ -23,17 +24,11 @@ from .model import Result
 from .observation import Evidence, Observation, ProxyEvidence
 
 INBOUND = "listener.0.0.0.0_15006."
-# Counters on the client's outbound cluster that mean its upstream connection failed.
-UPSTREAM_FAILURES = (
-    ".upstream_cx_connect_fail",
-    ".ssl.connection_error",
-    ".ssl.fail_verify_san",
-    ".ssl.fail_verify_error",
-    ".ssl.fail_verify_no_cert",
-    ".upstream_cx_destroy_remote_with_active_rq",
-    ".upstream_cx_protocol_error",
-    ".upstream_rq_pending_failure_eject",
-)
+# Counters on the client's outbound cluster that mean its TLS handshake upstream failed.
+CLIENT_TLS_FAILURES = (".ssl.connection_error", ".ssl.fail_verify_san", ".ssl.fail_verify_error",
+                       ".ssl.fail_verify_no_cert")
+# The server side reset the connection after it was established (e.g. plaintext into STRICT).
+REMOTE_RESET = ".upstream_cx_destroy_remote_with_active_rq"
 # Counters on the server's inbound listener that mean it rejected the connection.
 SERVER_REJECTIONS = (
     "no_filter_chain_match",
@@ -42,8 +37,6 @@ SERVER_REJECTIONS = (
     "ssl.fail_verify_error",
     "ssl.fail_verify_san",
 )
-# Envoy response flags for "the upstream connection failed" in access logs.
-UPSTREAM_FLAGS = ("UF", "UC", "URX", "UPE")
 
 
 @dataclass
@@ -80,17 +73,38 @@ def _server_rejected(evidence: Evidence) -> list[str]:
     return found
 
 
-def _client_upstream_failed(observation: Observation) -> list[str]:
-    client = observation.evidence.client_proxy
+def _client_upstream_failed(observation: Observation) -> tuple[list[str], str]:
+    """Evidence that the client's sidecar failed *because of the other side's TLS or policy*.
+
+    Returns (evidence, "") or ([], why not). A TCP connect failure alone (no TLS error, nothing
+    reset after connecting) is a network or workload fault, so it never counts.
+    """
+    probe, evidence = observation.probe, observation.evidence
+    client = evidence.client_proxy
     if client is None:
-        return []
-    cluster = observation.probe.outbound_cluster
+        return [], "the client has no sidecar"
+    cluster = probe.outbound_cluster
     found = [f"client sidecar cluster {cluster}{name} +{client.count(name, contains=cluster)}"
-             for name in UPSTREAM_FAILURES if client.count(name, contains=cluster)]
-    flags = _flags(client) & set(UPSTREAM_FLAGS)
-    if flags:
-        found.append(f"client sidecar access log: response flags {','.join(sorted(flags))}")
-    return found
+             for name in CLIENT_TLS_FAILURES if client.count(name, contains=cluster)]
+    reasons = sorted({str(e.get("upstream_transport_failure_reason")) for e in client.access_log}
+                     - {"None", "", "-"})
+    found += [f"client sidecar access log: {reason}" for reason in reasons if reason.startswith("TLS")]
+    if found:
+        return found, ""
+    resets = client.count(REMOTE_RESET, contains=cluster)
+    if resets:
+        server_side = _server_rejected(evidence)
+        capture = evidence.capture
+        wire = [f"capture on {capture.interface}: flow {capture.flow}, {capture.packets} packets"] if (
+            capture is not None and capture.found) else []
+        if server_side or wire:
+            return [f"client sidecar cluster {cluster}{REMOTE_RESET} +{resets}", *server_side, *wire], ""
+        return [], (f"the connection to {probe.target.ref} was reset after connecting, but neither its sidecar "
+                    "nor the capture shows that connection")
+    if client.count(".upstream_cx_connect_fail", contains=cluster):
+        return [], (f"the client sidecar could not open a TCP connection to {probe.target.ref} (no TLS error, no "
+                    "reset): a network or workload fault, not a policy outcome")
+    return [], f"the client sidecar recorded no upstream connection failure for {cluster}"
 
 
 def _faults(observation: Observation) -> list[str]:
@@ -173,11 +187,10 @@ def decide(observation: Observation) -> Verdict:
                                                f"server sidecar rbac.denied +{denials}"])
             return _error("HTTP 403 'RBAC: access denied' but the server sidecar recorded no RBAC denial")
         if observation.status == 503 and client_sidecar:
-            failures = _client_upstream_failed(observation)
+            failures, why_not = _client_upstream_failed(observation)
             if failures:
                 return Verdict(Result.UNAVAILABLE, ["HTTP 503 from the client sidecar", *failures])
-            return _error("HTTP 503 but the client sidecar recorded no upstream connection failure for "
-                          f"{probe.outbound_cluster}: the 503 may come from the server side or the app")
+            return _error(f"HTTP 503, but {why_not}")
         return _error(f"HTTP {observation.status} without our marker in the answer: the response did not come "
                       "from the probed app and no policy outcome explains it")
 
@@ -190,11 +203,13 @@ def decide(observation: Observation) -> Verdict:
     if observation.error == "refused":
         return _error("connection refused (nothing listens on the port): a sidecar or app is not running")
     if client_sidecar:
-        failures = _client_upstream_failed(observation)
+        failures, why_not = _client_upstream_failed(observation)
         if probe.port.protocol == "tcp" and failures:
             return Verdict(Result.UNAVAILABLE, [f"client saw: {observation.client_saw()}", *failures])
-        return _error(f"the client sidecar gave no answer ({observation.client_saw()})"
-                      + (f" although {'; '.join(failures)}" if failures else ""))
+        if failures:  # an HTTP client behind a sidecar always gets an answer from it
+            return _error(f"the client sidecar gave no answer ({observation.client_saw()}) although "
+                          + "; ".join(failures))
+        return _error(f"the client sidecar gave no answer ({observation.client_saw()}): {why_not}")
     rejected = _server_rejected(evidence)
     if rejected:
         return Verdict(Result.REFUSED, [f"client saw: {observation.client_saw()}", *rejected])

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 # Only these families matter for verdicts; asking the admin endpoint for them keeps a reading cheap.
 # Real istio-proxies expose them only with proxyStatsMatcher (see the kind backend's install overlay).
 STATS_FILTER = (
     r"^(listener\.0\.0\.0\.0_15006\.|listener\.0\.0\.0\.0_15001\.|cluster\.outbound\||cluster\.inbound\||"
     r"http\.inbound|http\.outbound|tls_inspector\.|tcp\.inbound|tcp\.outbound|.*rbac\.)"
 )
+
+
+# The admin path both backends read: counters only (gauges such as certificate expiry are not deltas).
+STATS_PATH = "stats?type=Counters&filter=" + quote(STATS_FILTER, safe="")
 
 
 def parse_stats(text: str) -> dict[str, int]:

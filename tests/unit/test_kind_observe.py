@@ -116,7 +116,7 @@ class Mesh:
         if container == "istio-proxy":
             if ref in self.stats_fail:
                 return ExecResult(error=f"exec in {namespace}/{pod} (istio-proxy): container not found")
-            assert command[:3] == ["pilot-agent", "request", "GET"] and command[3].startswith("stats?filter=")
+            assert command[:3] == ["pilot-agent", "request", "GET"] and command[3].startswith("stats?type=Counters&filter=")
             return ExecResult(stats_text(self.counters[ref]).encode(), "", 0)
         assert container == "curl" and command[:2] == ["sh", "-c"]
         token = re.search(r"@@(\w+) 0 meta", command[2])[1]  # type: ignore[index]

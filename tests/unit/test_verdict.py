@@ -107,6 +107,11 @@ def strip(observation: Observation, **changes: object) -> Observation:
     (strip(refused(), server_proxy=None), "which has no sidecar"),
     (strip(unavailable(), client_proxy=ProxyEvidence("curl.foo", {f"{CLUSTER}.upstream_rq_503": 1})),
      "recorded no upstream connection failure"),
+    (strip(unavailable(), client_proxy=ProxyEvidence("curl.foo", {f"{CLUSTER}.upstream_cx_connect_fail": 1}, [
+        {"response_flags": "UF", "upstream_transport_failure_reason": "delayed_connect_error:_111"}])),
+     "could not open a TCP connection"),
+    (strip(unavailable(), server_proxy=ProxyEvidence("httpbin.foo", {}), capture=None),
+     "neither its sidecar nor the capture shows that connection"),
     (strip(denied(), server_proxy=ProxyEvidence("httpbin.foo", {})), "recorded no RBAC denial"),
     (strip(mtls(), echoed=False), "without our marker in the answer"),
     (strip(mtls(), faults=["the app of httpbin.foo does not accept connections on port 8080"]),
@@ -119,6 +124,16 @@ def test_missing_or_contradictory_evidence_is_an_error(observation: Observation,
     verdict = decide(observation)
     assert verdict.result is None
     assert error in verdict.error
+
+
+def test_a_tls_failure_reason_in_the_access_log_is_evidence_enough() -> None:
+    """Istio mTLS to a plaintext app: the handshake failure reason names TLS, so 503 is unavailable."""
+    observation = Observation(probe(CURL_FOO, HTTPBIN_LEGACY), status=503, evidence=Evidence(
+        client_proxy=ProxyEvidence("curl.foo", {}, [{"response_flags": "UF", "upstream_transport_failure_reason":
+                                                     "TLS_error:|268435703:SSL_routines:OPENSSL_internal:"
+                                                     "WRONG_VERSION_NUMBER:TLS_error_end"}])))
+    verdict = decide(observation)
+    assert verdict.result is Result.UNAVAILABLE, verdict.error
 
 
 def test_tcp_close_through_a_client_sidecar_is_unavailable_only_with_upstream_failure() -> None:

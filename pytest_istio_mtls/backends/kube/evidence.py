@@ -13,17 +13,15 @@ import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ...evidence import accesslog
-from ...evidence.stats import STATS_FILTER, parse_stats
+from ...evidence.stats import STATS_PATH, parse_stats
 from .client import ExecStream, KubeApi, KubeError
 from .manifests import CAPTURE, PROXY
 from .workloads import PodInfo
 
-STATS_PATH = "stats?filter=" + quote(STATS_FILTER, safe="")
 MAX_PACKETS = 20000
 T = TypeVar("T")
 

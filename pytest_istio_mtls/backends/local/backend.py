@@ -425,6 +425,7 @@ class LocalBackend:
         started = time.monotonic()
         self._wait_config(changed)
         self.scenario = scenario
+        self._stats = {}  # clusters were rebuilt, their counters restarted: read fresh "before" values
         if changed:
             self.progress(f"policies in force on {len(changed)} sidecars after "
                           f"{(time.monotonic() - started) * 1000:.0f} ms")
@@ -437,7 +438,7 @@ class LocalBackend:
 
     def _read_stats(self, pod: Pod) -> dict[str, int] | None:
         try:
-            return stats.parse_stats(prober.admin(pod.netns, "/stats?filter=" + _quote(stats.STATS_FILTER)))
+            return stats.parse_stats(prober.admin(pod.netns, "/" + stats.STATS_PATH))
         except OSError:
             return None
 
