@@ -18,6 +18,7 @@ from .base import BackendError, BackendUnavailable, Progress
 from .kube import istio
 from .kube.backend import KubeBackend
 from .kube.client import Kube
+from .kube.manifests import images
 from .kube.naming import Naming, refuse_mesh_wide
 from .kube.versions import minor_of
 
@@ -100,6 +101,7 @@ class ExistingBackend(KubeBackend):
         found = {"backend": "existing"}
         if self.install is not None:
             found.update({"istio": self.install.version, "istio revision": self.install.revision})
+        found.update({f"image {key}": image for key, image in images(self.settings.images).items()})
         if self.kube is not None:
             with contextlib.suppress(BackendError):
                 found["kubernetes"] = self.kube.server_version()

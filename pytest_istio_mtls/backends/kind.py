@@ -23,7 +23,7 @@ from .kube import istio
 from .kube.backend import KubeBackend
 from .kube.client import PLURALS, Kube
 from .kube.cluster import Cluster, check_docker, wait_usable
-from .kube.manifests import MANAGED_BY
+from .kube.manifests import MANAGED_BY, images
 from .kube.tools import cache_dir, host_platform, istioctl_binary, kind_binary
 from .kube.versions import KIND_VERSION, fetch_releases, needs_releases, node_image_for, resolve
 
@@ -139,6 +139,7 @@ class KindBackend(KubeBackend):
                                  "kind": (self.cluster.version() if self.cluster else "") or KIND_VERSION}
         if self.revision:
             found["istio revision"] = self.revision
+        found.update({f"image {key}": image for key, image in images(self.settings.images).items()})
         if self.kube is not None:
             with contextlib.suppress(BackendError):
                 found["kubernetes"] = self.kube.server_version()

@@ -37,8 +37,10 @@ def test_detects_the_installed_istio_replay(monkeypatch: pytest.MonkeyPatch) -> 
     backend, messages = start(monkeypatch, replay("istiod_deployment.json"), replay("istio_configmap.json"))
     assert backend.install is not None and backend.install.version == "1.31.1"
     assert backend.revision is None and backend.access_logs
-    assert backend.versions() == {"backend": "existing", "istio": "1.31.1", "istio revision": "default",
-                                  "kubernetes": "v1.36.1"}
+    versions = backend.versions()
+    assert {k: v for k, v in versions.items() if not k.startswith("image ")} == {
+        "backend": "existing", "istio": "1.31.1", "istio revision": "default", "kubernetes": "v1.36.1"}
+    assert versions["image httpbin"] == "docker.io/mccutchen/go-httpbin:v2.15.0"  # pinned images are reported too
     assert f"namespaces end in -{backend.run_id}" in messages[-1]
     assert backend.naming.ns("foo") == f"foo-{backend.run_id}"
 
