@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -110,8 +111,12 @@ def snapshot() -> set[str]:
     return netns | etc | state | processes
 
 
+RANDOM_DELAY = round(random.uniform(0.3, 4.0), 2)  # a different moment on every run; shown in the test id
+
+
 @pytest.mark.parametrize(("delay", "sig"), [(0.6, signal.SIGINT), (1.1, signal.SIGINT), (1.7, signal.SIGINT),
-                                            (2.6, signal.SIGINT), (3.4, signal.SIGINT), (1.9, signal.SIGTERM)])
+                                            (2.6, signal.SIGINT), (3.4, signal.SIGINT), (1.9, signal.SIGTERM),
+                                            (RANDOM_DELAY, signal.SIGINT)])
 def test_interrupted_run_leaves_nothing_behind(delay: float, sig: signal.Signals) -> None:
     """Ctrl-C (or SIGTERM) at various moments of a run: no netns, process, /etc/netns entry or key file remains."""
     before = snapshot()
