@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,7 +20,10 @@ from . import options
 from .diagnostics import ScenarioError
 from .model import Expectation, Scenario, Topology, default_topology
 
-RUN_KEY = pytest.StashKey["Any"]()  # the session's run.Run, created lazily
+if TYPE_CHECKING:
+    from .run import Run
+
+RUN_KEY = pytest.StashKey["Run"]()  # the session's run.Run, created lazily
 SETTINGS_KEY = pytest.StashKey[options.Settings]()
 KEEP_MESSAGE_KEY = pytest.StashKey[str]()
 
@@ -139,22 +142,13 @@ class ProbeItem(pytest.Item):
     scenario: Scenario
     expectation: Expectation
 
-    def _run(self) -> Any:
-        run = self.config.stash.get(RUN_KEY, None)
-        if run is None:
-            from .run import Run
-
-            run = Run(self.config.stash[SETTINGS_KEY], _progress(self.config))
-            self.config.stash[RUN_KEY] = run
-        return run
-
     def setup(self) -> None:
         selected = [item.expectation for item in self.session.items
                     if isinstance(item, ProbeItem) and item.scenario is self.scenario]
         from .backends import BackendUnavailable
 
         try:
-            outcome = self._run().outcome(self.scenario, self.expectation, selected)
+            outcome = session_run(self.config).outcome(self.scenario, self.expectation, selected)
         except BackendUnavailable as exc:
             pytest.exit(f"istio-mtls: the {self.config.stash[SETTINGS_KEY].backend} backend cannot run here: {exc}",
                         returncode=pytest.ExitCode.USAGE_ERROR)
@@ -180,6 +174,17 @@ class ProbeItem(pytest.Item):
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.expectation.mark.line - 1 if self.expectation.mark else None
         return self.path, line, f"{self.scenario.name}::{self.name}"
+
+
+def session_run(config: pytest.Config) -> Run:
+    """The session's Run, created on first use (so collection and --help never start a backend)."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        from .run import Run
+
+        run = Run(config.stash[SETTINGS_KEY], _progress(config))
+        config.stash[RUN_KEY] = run
+    return run
 
 
 def _progress(config: pytest.Config) -> Callable[[str], None]:
@@ -242,13 +247,8 @@ def istio_topology() -> Topology:
 def istio_mesh(request: pytest.FixtureRequest, istio_topology: Topology) -> Any:
     """Session-scoped mesh on the selected backend (``--istio-backend``) with ``istio_topology`` deployed."""
     from .mesh import Mesh
-    from .run import Run
 
-    config = request.config
-    run = config.stash.get(RUN_KEY, None)
-    if run is None:
-        run = Run(config.stash[SETTINGS_KEY], _progress(config))
-        config.stash[RUN_KEY] = run
+    run = session_run(request.config)
     return Mesh(run.backend, istio_topology)
 
 

@@ -25,6 +25,14 @@ topology:
     - {name: curl, namespace: bar}
     - {name: curl, namespace: legacy}
 """
+# The policies block that makes namespace foo STRICT (append to FOO_BAR_LEGACY, then add expect rows).
+STRICT_FOO = """
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: default, namespace: foo}
+  spec: {mtls: {mode: STRICT}}
+"""
 
 
 @dataclass

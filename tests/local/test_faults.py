@@ -18,14 +18,9 @@ from pytest_istio_mtls.observation import Probe
 from pytest_istio_mtls.verdict import decide
 
 from .lab import FOO_BAR_LEGACY, Lab, Probed
+from .lab import STRICT_FOO as STRICT_FOO_POLICIES
 
-STRICT_FOO = FOO_BAR_LEGACY + """
-policies: |
-  apiVersion: security.istio.io/v1
-  kind: PeerAuthentication
-  metadata: {name: default, namespace: foo}
-  spec: {mtls: {mode: STRICT}}
-expect:
+STRICT_FOO = FOO_BAR_LEGACY + STRICT_FOO_POLICIES + """expect:
   - {from: curl.foo, to: "httpbin.foo:8000", result: mtls}
   - {from: curl.legacy, to: "httpbin.foo:8000", result: refused}
   - {from: curl.foo, to: "httpbin.foo:9000", result: mtls}

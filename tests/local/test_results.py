@@ -8,15 +8,9 @@ import time
 from pytest_istio_mtls import semantics
 from pytest_istio_mtls.backends.local import prober
 
-from .lab import FOO_BAR_LEGACY, Lab
+from .lab import FOO_BAR_LEGACY, STRICT_FOO, Lab
 
-EVERY_CLASS = FOO_BAR_LEGACY + """
-policies: |
-  apiVersion: security.istio.io/v1
-  kind: PeerAuthentication
-  metadata: {name: default, namespace: foo}
-  spec: {mtls: {mode: STRICT}}
-  ---
+EVERY_CLASS = FOO_BAR_LEGACY + STRICT_FOO + """  ---
   apiVersion: networking.istio.io/v1
   kind: DestinationRule
   metadata: {name: bar-plaintext, namespace: foo}
@@ -116,13 +110,7 @@ def test_policy_switch_is_in_force_when_apply_returns(lab: Lab) -> None:
     """PERMISSIVE → STRICT → PERMISSIVE, probed right after each apply(): no sleep, no stale result."""
     rows = "expect:\n  - {from: curl.legacy, to: 'httpbin.foo:8000', result: allowed}\n"
     permissive = lab.load(FOO_BAR_LEGACY + rows)
-    strict = lab.load(FOO_BAR_LEGACY + """
-policies: |
-  apiVersion: security.istio.io/v1
-  kind: PeerAuthentication
-  metadata: {name: default, namespace: foo}
-  spec: {mtls: {mode: STRICT}}
-""" + rows)
+    strict = lab.load(FOO_BAR_LEGACY + STRICT_FOO + rows)
     results = []
     for scenario in (permissive, strict, permissive, strict):
         started = time.monotonic()
@@ -145,13 +133,7 @@ def test_connection_opened_under_the_old_policy_is_drained(lab: Lab) -> None:
     sock.sendall(request)
     first = sock.recv(65536)
     assert first.startswith(b"HTTP/1.1 200")
-    strict = lab.load(FOO_BAR_LEGACY + """
-policies: |
-  apiVersion: security.istio.io/v1
-  kind: PeerAuthentication
-  metadata: {name: default, namespace: foo}
-  spec: {mtls: {mode: STRICT}}
-expect:
+    strict = lab.load(FOO_BAR_LEGACY + STRICT_FOO + """expect:
   - {from: curl.legacy, to: 'httpbin.foo:8000', result: refused}
 """)
     backend.apply(strict)

@@ -569,12 +569,10 @@ class LocalBackend:
                     if not evidence.client_proxy.access_log:
                         pending[probe.pair] = "client sidecar access-log entry"
                         continue
-                # A TCP peer identity is only in the server sidecar's log (no XFCC on raw TCP).
-                if evidence.server_proxy is not None and observation.echoed:
-                    wire = self._wire_source(observation, local)
-                    evidence.server_proxy.access_log = self._entries(probe.target.ref, "inbound", wire)
-                    if not evidence.server_proxy.access_log:
-                        pending[probe.pair] = "server sidecar access-log entry"
+                # A TCP peer identity is only in the server sidecar's log (no XFCC on raw TCP); _attach joins it.
+                if evidence.server_proxy is not None and observation.echoed and probe.port.protocol == "tcp" and \
+                        not self._entries(probe.target.ref, "inbound", self._wire_source(observation, local)):
+                    pending[probe.pair] = "server sidecar access-log entry"
             return bool(pending)
 
         with contextlib.suppress(BackendError):
