@@ -61,6 +61,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--istio-allow-mesh-wide", "istio_allow_mesh_wide",
            "existing backend: allow scenarios to apply mesh-wide policies (root namespace) to a shared cluster",
            default=False, kind="bool"),
+    Option("--istio-hub", "istio_hub",
+           "kind backend: the registry istioctl pulls istiod and the sidecar image from (a mirror of "
+           "docker.io/istio, e.g. myregistry.example.com/istio)", default="docker.io/istio", metavar="HUB"),
     Option("--istio-images", "istio_images",
            "override workload images for mirrored registries, comma-separated KEY=IMAGE with KEY one of "
            "httpbin, curl, tcp-echo, capture", metavar="KEY=IMAGE,..."),
@@ -102,6 +105,7 @@ class Settings:
     kubeconfig: Path | None = None
     context: str | None = None
     allow_mesh_wide: bool = False
+    hub: str = "docker.io/istio"
     images: dict[str, str] = field(default_factory=dict)
     timeout: float = 120.0
     rootdir: Path = Path(".")
@@ -189,7 +193,7 @@ def resolve(config: pytest.Config) -> Settings:
                 raise pytest.UsageError(f"{where} only applies to --istio-backend=existing (the backend is "
                                         f"{backend})")
     if backend == "local":
-        for dest in ("istio_version", "istio_revision", "istio_images"):
+        for dest in ("istio_version", "istio_revision", "istio_hub", "istio_images"):
             value, where = values[dest]
             if value and value != BY_DEST[dest].default and not where.startswith("ini"):
                 raise pytest.UsageError(f"{where} does not apply to --istio-backend=local (it runs Envoy, not Istio)")
@@ -205,6 +209,7 @@ def resolve(config: pytest.Config) -> Settings:
         kubeconfig=Path(kubeconfig).expanduser() if kubeconfig else None,
         context=context or None,
         allow_mesh_wide=allow_mesh_wide,
+        hub=str(values["istio_hub"][0] or BY_DEST["istio_hub"].default).rstrip("/"),
         images=images,
         timeout=timeout,
         rootdir=rootdir,

@@ -59,11 +59,12 @@ class ExistingBackend(KubeBackend):
         root = str(self.mesh_config.get("rootNamespace") or "istio-system")
         trust = str(self.mesh_config.get("trustDomain") or "cluster.local")
         self.naming = Naming(self.run_id, root, trust)
-        self.access_logs = bool(self.mesh_config.get("accessLogFile")) and \
-            self.mesh_config.get("accessLogEncoding") == "JSON"
-        if not self.access_logs:
-            self.progress("the mesh writes no JSON access logs: TCP peer identities and Envoy response flags will be "
-                          "missing from the evidence (see docs/kind.md)")
+        gaps = istio.access_log_gaps(self.mesh_config)
+        self.access_logs = not gaps
+        if gaps:
+            self.progress(f"{gaps}: access logs are not used as evidence, so TCP mtls rows cannot be proven (no peer "
+                          "identity) and failures lose Envoy's reasons; to fix, set meshConfig.accessLogFormat to "
+                          "the one in `pytest-istio-mtls render --backend kind` (see docs/kind.md)")
         self._warn_foreign_mesh_policies(root)
         self.progress(f"Istio {self.install.version} (revision {self.install.revision}) on {self.where}; this run's "
                       f"namespaces end in -{self.run_id}")

@@ -107,7 +107,7 @@ class KindBackend(KubeBackend):
         if not found:
             self.progress(f"installing Istio {self.istio_version} (profile minimal"
                           + (f", revision {self.revision}" if self.revision else "") + ")")
-            istio.install(self.istioctl, kubeconfig, MeshSettings(), self.revision, timeout)
+            istio.install(self.istioctl, kubeconfig, MeshSettings(), self.revision, timeout, self.settings.hub)
             found = istio.detect(self.kube, revision)
         return istio.choose(found, self.revision, "the kind cluster")
 
@@ -139,6 +139,7 @@ class KindBackend(KubeBackend):
                                  "kind": (self.cluster.version() if self.cluster else "") or KIND_VERSION}
         if self.revision:
             found["istio revision"] = self.revision
+        found["istio hub"] = self.settings.hub
         found.update({f"image {key}": image for key, image in images(self.settings.images).items()})
         if self.kube is not None:
             with contextlib.suppress(BackendError):

@@ -20,7 +20,7 @@ FORMAT: dict[str, str] = {
     "downstream_peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
     "downstream_tls_version": "%DOWNSTREAM_TLS_VERSION%",
     "upstream_host": "%UPSTREAM_HOST%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",  # the cluster name; %UPSTREAM_CLUSTER% logs alt_stat_name
     "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
     "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
     "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
@@ -28,6 +28,11 @@ FORMAT: dict[str, str] = {
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
 }
+
+
+# The keys the evidence joins and judges on (probe ↔ entry, client ↔ server entry, identity, failure reasons).
+EVIDENCE_KEYS = ("marker", "response_flags", "downstream_remote_address", "downstream_peer_uri_san",
+                 "upstream_local_address", "upstream_transport_failure_reason")
 
 
 def parse(lines: Iterable[str]) -> list[dict[str, Any]]:

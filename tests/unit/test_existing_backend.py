@@ -3,6 +3,7 @@ works in per-run namespaces, refuses what would touch other tenants, cleans up w
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,31 @@ def test_no_json_access_logs_is_said_up_front_replay(monkeypatch: pytest.MonkeyP
     mesh["data"]["mesh"] = "rootNamespace: istio-system\ntrustDomain: cluster.local\n"
     backend, messages = start(monkeypatch, replay("istiod_deployment.json"), mesh)
     assert not backend.access_logs
-    assert any("no JSON access logs" in m for m in messages)
+    assert any(m.startswith("the mesh writes no access log (meshConfig.accessLogFile is empty)") for m in messages)
+
+
+def test_istios_default_json_log_format_is_not_evidence_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    mesh = replay("istio_configmap.json")
+    mesh["data"]["mesh"] = "accessLogEncoding: JSON\naccessLogFile: /dev/stdout\nrootNamespace: istio-system\n"
+    backend, messages = start(monkeypatch, replay("istiod_deployment.json"), mesh)
+    assert not backend.access_logs
+    said = next(m for m in messages if "access log" in m)
+    assert said.startswith("Istio's default JSON format lacks the keys the evidence joins on: marker "
+                           "(%REQ(X-ISTIO-MTLS-PROBE)%), response_flags (%RESPONSE_FLAGS%)")
+    assert "TCP mtls rows cannot be proven" in said and "render --backend kind" in said
+
+
+def test_a_format_with_our_keys_under_other_operators_is_not_evidence() -> None:
+    from pytest_istio_mtls.backends.kube.istio import access_log_gaps
+    from pytest_istio_mtls.evidence.accesslog import FORMAT
+
+    ours = {"accessLogFile": "/dev/stdout", "accessLogEncoding": "JSON", "accessLogFormat": json.dumps(FORMAT)}
+    assert access_log_gaps(ours) == ""
+    other = {**ours, "accessLogFormat": json.dumps({**FORMAT, "downstream_peer_uri_san": "%DOWNSTREAM_PEER_SUBJECT%"})}
+    assert access_log_gaps(other) == ("meshConfig.accessLogFormat lacks the keys the evidence joins on: "
+                                      "downstream_peer_uri_san (%DOWNSTREAM_PEER_URI_SAN%)")
+    assert access_log_gaps({**ours, "accessLogFormat": "[%START_TIME%] %REQ(:METHOD)%"}) == \
+        "meshConfig.accessLogFormat is not a JSON object"
 
 
 def test_foreign_mesh_wide_policies_are_reported_replay(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,8 +66,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ReplayKube:
     kube.add(*replay("nodes_ready.json"), COREDNS)
     installed: list[Any] = []
 
-    def install(istioctl: Path, kubeconfig: Path, mesh: MeshSettings, revision: str | None, timeout: float) -> None:
-        installed.append((istioctl, kubeconfig, mesh, revision))
+    def install(istioctl: Path, kubeconfig: Path, mesh: MeshSettings, revision: str | None, timeout: float,
+                hub: str) -> None:
+        installed.append((istioctl, kubeconfig, mesh, revision, hub))
         kube.add(replay("istiod_deployment.json"), replay("istio_configmap.json"), WEBHOOK)
 
     monkeypatch.setattr(kind_module, "check_docker", lambda: None)
@@ -95,6 +96,7 @@ def test_start_creates_installs_and_reports_versions_replay(cluster: ReplayKube,
     assert made.image.startswith("kindest/node:v1.36.1@sha256:")
     assert made.kubeconfig == tmp_path / ".pytest-istio-mtls" / "pytest-istio-mtls" / "kubeconfig"
     assert len(cluster.installed) == 1  # type: ignore[attr-defined]
+    assert cluster.installed[0][4] == "docker.io/istio"  # type: ignore[attr-defined]
     assert kind.install is not None and kind.install.version == "1.31.1"
     versions = kind.versions()
     assert versions["istio"] == "1.31.1" and versions["kubernetes"] == "v1.36.1"

@@ -24,11 +24,12 @@ from pytest_istio_mtls.backends.kube.manifests import (
     WORKLOAD_LABEL,
     ManifestError,
     images,
+    install_overlay,
     port_name,
 )
 from pytest_istio_mtls.cli import main
 from pytest_istio_mtls.evidence.accesslog import FORMAT
-from pytest_istio_mtls.model import Port, Topology, Workload
+from pytest_istio_mtls.model import MeshSettings, Port, Topology, Workload
 from pytest_istio_mtls.render import render
 from pytest_istio_mtls.scenario import load_scenario
 
@@ -134,7 +135,20 @@ def test_install_overlay_carries_the_evidence_settings() -> None:
     assert overlay["spec"]["profile"] == "minimal"
     assert mesh["enableAutoMtls"] is False  # the scenario's setting
     assert mesh["accessLogEncoding"] == "JSON" and json.loads(mesh["accessLogFormat"]) == FORMAT
-    assert overlay["spec"]["values"]["pilot"]["resources"]["requests"]["memory"] == "256Mi"
+    assert overlay["spec"]["components"]["pilot"]["k8s"]["resources"]["requests"]["memory"] == "256Mi"
+
+
+def test_install_overlay_pins_the_hub_and_uses_no_deprecated_values() -> None:
+    overlay = documents(BUILTIN / "02-mesh-strict.yaml", "kind")[0]
+    # istioctl 1.30 compiles in the GCP registry.istio.io, which Istio is retiring: the overlay must win.
+    assert overlay["spec"]["hub"] == "docker.io/istio"
+    assert install_overlay(MeshSettings(), hub="mirror.example.com/istio")["spec"]["hub"] == "mirror.example.com/istio"
+    values = overlay["spec"]["values"]
+    assert "resources" not in values["pilot"] and "proxy" not in values.get("global", {})
+    sidecars = [d for d in documents(BUILTIN / "02-mesh-strict.yaml", "kind") if d["kind"] == "Deployment"
+                and d["spec"]["template"]["metadata"]["labels"].get("sidecar.istio.io/inject") != "false"]
+    assert sidecars and all(d["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/proxyCPU"] == "10m"
+                            for d in sidecars)
 
 
 def test_existing_renders_per_run_names_everywhere() -> None:

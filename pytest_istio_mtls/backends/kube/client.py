@@ -164,7 +164,10 @@ class Kube:
             where = str(kubeconfig) if kubeconfig else "the default kubeconfig"
             raise BackendError(f"cannot use {where}" + (f" (context {context})" if context else "")
                                + f": {exc}") from None
+        # Reached through ``getattr(self, BUILTIN[kind][0])``: every API named in BUILTIN must exist here.
         self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.admission = client.AdmissionregistrationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.timeout = request_timeout
         self._stream_lock = threading.Lock()  # stream() swaps ApiClient.request while it connects
@@ -213,13 +216,19 @@ class Kube:
             args = (name, namespace, obj) if namespaced else (name, obj)
             return self._dict(self._call(what, getattr(api, f"patch_{suffix}"), *args, **options))
         group, version, plural = self._custom(str(obj.get("apiVersion")), kind)
+        # Raw body: the generated custom-object methods know only a 200 response and return None for the
+        # 201 that a server-side apply which creates the object answers (its creationTimestamp matters).
+        options["_preload_content"] = False
         if namespace:
-            result = self._call(what, self.custom.patch_namespaced_custom_object, group, version, namespace,
-                                plural, name, obj, **options)
+            response = self._call(what, self.custom.patch_namespaced_custom_object, group, version, namespace,
+                                  plural, name, obj, **options)
         else:
-            result = self._call(what, self.custom.patch_cluster_custom_object, group, version, plural, name, obj,
-                                **options)
-        return self._dict(result)
+            response = self._call(what, self.custom.patch_cluster_custom_object, group, version, plural, name, obj,
+                                  **options)
+        try:
+            return self._dict(json.loads(response.data))
+        except (ValueError, AttributeError) as exc:
+            raise KubeError(f"{what}: the server's answer is not an object: {exc}") from None
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         what = f"get {kind} {namespace + '/' if namespace else ''}{name}"

@@ -4,6 +4,7 @@ read and (kind only) change the mesh config the scenarios depend on.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -15,10 +16,11 @@ from typing import Any
 import yaml
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from ...evidence.accesslog import EVIDENCE_KEYS, FORMAT
 from ...model import MeshSettings
 from ..base import BackendError
 from .client import KubeApi
-from .manifests import install_overlay, mesh_settings
+from .manifests import DEFAULT_HUB, install_overlay, mesh_settings
 
 Progress = Callable[[str], None]
 TAG = re.compile(r":(\d+\.\d+\.\d+(?:-(?:alpha|beta|rc)\.\d+)?)(?:-distroless)?(?:@sha256:[0-9a-f]+)?$")
@@ -92,6 +94,33 @@ def mesh_config(kube: KubeApi, install: IstioInstall) -> dict[str, Any]:
     return mesh if isinstance(mesh, dict) else {}
 
 
+def access_log_gaps(mesh: Mapping[str, Any]) -> str:
+    """Why the mesh's access logs cannot serve as evidence ('' when they can).
+
+    "The mesh logs JSON" is not enough: Istio's default JSON format (``EnvoyJSONLogFormatIstio``,
+    pilot/pkg/model/telemetry_logging.go) has no probe marker and no peer URI SAN, so HTTP entries cannot
+    be joined to probes and TCP peer identities are never seen. Every key the evidence reads must be
+    logged with the same Envoy operator as ours.
+    """
+    if not mesh.get("accessLogFile"):
+        return "the mesh writes no access log (meshConfig.accessLogFile is empty)"
+    if mesh.get("accessLogEncoding") != "JSON":
+        return "the mesh's access log is not JSON (meshConfig.accessLogEncoding is not JSON)"
+    text = str(mesh.get("accessLogFormat") or "")
+    try:
+        logged = json.loads(text) if text.strip() else {}
+    except ValueError:
+        logged = None
+    if not isinstance(logged, dict):
+        return "meshConfig.accessLogFormat is not a JSON object"
+    missing = [key for key in EVIDENCE_KEYS if logged.get(key) != FORMAT[key]]
+    if missing:
+        source = "Istio's default JSON format" if not text.strip() else "meshConfig.accessLogFormat"
+        return f"{source} lacks the keys the evidence joins on: " + ", ".join(
+            f"{key} ({FORMAT[key]})" for key in missing)
+    return ""
+
+
 def mesh_differences(current: Mapping[str, Any], wanted: MeshSettings) -> dict[str, Any]:
     """The scenario-controlled meshConfig keys whose live value differs (absent keys use Istio's defaults)."""
     defaults = {"enableAutoMtls": True, "rootNamespace": "istio-system"}
@@ -110,11 +139,11 @@ def set_mesh(kube: KubeApi, install: IstioInstall, wanted: MeshSettings) -> dict
 
 
 def install(istioctl: Path, kubeconfig: Path, mesh: MeshSettings, revision: str | None, timeout: float,
-            run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> None:
+            hub: str = DEFAULT_HUB, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> None:
     """``istioctl install`` with our overlay; istioctl itself waits for readiness (bounded by ``timeout``)."""
     with tempfile.TemporaryDirectory(prefix="pytest-istio-mtls-") as tmp:
         overlay = Path(tmp, "overlay.yaml")
-        overlay.write_text(yaml.safe_dump(install_overlay(mesh, revision), sort_keys=False))
+        overlay.write_text(yaml.safe_dump(install_overlay(mesh, revision, hub), sort_keys=False))
         command = [str(istioctl), "install", "-y", "--kubeconfig", str(kubeconfig), "-f", str(overlay),
                    "--readiness-timeout", f"{int(timeout)}s"]
         try:

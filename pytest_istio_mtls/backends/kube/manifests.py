@@ -29,6 +29,8 @@ CAPTURE = "capture"
 ECHO_PREFIX = "hello"
 FRESH_CONNECTIONS = "pytest-istio-mtls-fresh-connections"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+SIDECAR_REQUESTS = {"sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "40Mi"}  # 2-CPU runners
+DEFAULT_HUB = "docker.io/istio"  # where every Istio release publishes istiod and proxyv2
 DEFAULT_IMAGES: dict[str, str] = {
     "httpbin": "docker.io/mccutchen/go-httpbin:v2.15.0",  # Istio's httpbin sample image; multi-arch
     "curl": "docker.io/curlimages/curl:8.16.0",  # Istio's curl sample image
@@ -58,7 +60,9 @@ def stats_inclusion(namespaces: Iterable[str] | None = None) -> list[str]:
     """
     if namespaces:
         names = "|".join(sorted(namespaces))
-        outbound = rf"cluster\.outbound\|[0-9]+\|[^|]*\|[^|]*\.({names})\.svc\.cluster\.local\..*"
+        # Istio >= 1.24 names cluster stats by alt_stat_name, "<cluster>;" (istio/istio#52234), so the host
+        # is followed by ";." there and by "." before; any cluster domain, not only cluster.local.
+        outbound = rf"cluster\.outbound\|[0-9]+\|[^|]*\|[^|;]*\.({names})\.svc\.[^|;]+;?\..*"
     else:
         outbound = r"cluster\.outbound\|.*"
     return [r"listener\.0\.0\.0\.0_15006\..*", r"tls_inspector\..*", outbound, r"cluster\.inbound\|.*",
@@ -160,6 +164,7 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
     if workload.sidecar:
         scoped = cluster_namespaces if naming.mapped else None
         annotations["proxy.istio.io/config"] = json.dumps(proxy_config(scoped), sort_keys=True)
+        annotations.update(SIDECAR_REQUESTS)
     containers = _app_containers(workload, image_map)
     containers.append({"name": CURL, "image": image_map["curl"], "command": ["/bin/sleep", "infinity"],
                        "resources": _requests()})
@@ -231,10 +236,14 @@ def mesh_settings(mesh: MeshSettings) -> dict[str, Any]:
     return {"enableAutoMtls": mesh.auto_mtls, "rootNamespace": mesh.root_namespace}
 
 
-def install_overlay(mesh: MeshSettings, revision: str | None = None) -> dict[str, Any]:
-    """The IstioOperator given to ``istioctl install -f``: minimal profile, our mesh settings, JSON
-    access logs in the evidence format, the stats the verdicts need, small resource requests."""
-    spec: dict[str, Any] = {"profile": "minimal"}
+def install_overlay(mesh: MeshSettings, revision: str | None = None, hub: str = DEFAULT_HUB) -> dict[str, Any]:
+    """The IstioOperator given to ``istioctl install -f``: minimal profile, images from ``hub``, our mesh
+    settings, JSON access logs in the evidence format, the stats the verdicts need, small resource requests.
+
+    ``hub`` is always set: an overlay overrides the hub compiled into istioctl, and Istio 1.30's istioctl
+    compiles in the GCP-hosted registry.istio.io, which Istio is retiring (1.31 upgrade notes).
+    """
+    spec: dict[str, Any] = {"profile": "minimal", "hub": hub}
     if revision:
         spec["revision"] = revision
     spec["meshConfig"] = {
@@ -245,9 +254,10 @@ def install_overlay(mesh: MeshSettings, revision: str | None = None) -> dict[str
         "accessLogFormat": access_log_format(),
         "defaultConfig": proxy_config(),
     }
-    spec["values"] = {
-        "pilot": {"autoscaleEnabled": False, "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}}},
-        "global": {"proxy": {"resources": {"requests": {"cpu": "10m", "memory": "40Mi"}}}},
-    }
+    # istiod's requests through components.pilot.k8s and the sidecars' through pod annotations
+    # (deployment()): values.pilot.resources and values.global.proxy.resources are deprecated
+    # (operator values_types.proto).
+    spec["components"] = {"pilot": {"k8s": {"resources": {"requests": {"cpu": "50m", "memory": "256Mi"}}}}}
+    spec["values"] = {"pilot": {"autoscaleEnabled": False}}
     return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
             "metadata": {"name": "pytest-istio-mtls", "namespace": "istio-system"}, "spec": spec}
