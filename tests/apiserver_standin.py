@@ -127,6 +127,14 @@ class _Handler(BaseHTTPRequestHandler):
                                 {"name": name, "group": group, "kind": plural}))
 
     def do_GET(self) -> None:
+        parts = urlsplit(self.path).path.split("/")
+        if len(parts) == 8 and parts[5] == "pods" and parts[7] == "exec":
+            # The pod strategy refuses the upgrade for a container the pod does not have (HTTP 400,
+            # before any stream exists): no status on channel 3.
+            self.store.requests.append((self.command, self.path, ""))
+            container = (parse_qs(urlsplit(self.path).query).get("container") or [""])[0]
+            self._send(400, _status(400, "BadRequest", f"container {container} is not valid for pod {parts[6]}"))
+            return
         route = self._common()
         if route is None:
             return

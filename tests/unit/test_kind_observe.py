@@ -237,3 +237,37 @@ def test_a_capture_that_never_started_cannot_prove_plaintext_replay() -> None:
     verdict = decide(observation)
     assert verdict.result is None and "not found in the capture" in verdict.error
     assert "permission" in observation.evidence.capture.note
+
+
+def test_a_tcp_mtls_row_waits_for_the_servers_late_log_entry_replay() -> None:
+    """TCP access logs are written at close and flushed on each sidecar's own 1 s timer: the client's entry
+    can be visible before the server's, which alone carries the peer identity (review finding W3)."""
+    from pytest_istio_mtls.backends.kube.observe import Round
+    from pytest_istio_mtls.backends.kube.probes import Reading
+
+    tcp = Port("tcp", 9000, 9000, "tcp")
+    echo = Workload("tcp-echo", "foo", {"app": "tcp-echo"}, "tcp-echo", True, (tcp,))
+    naming = Naming(None)
+    pods = {"curl.foo": PodInfo("curl.foo", "foo", "curl-1", "10.244.0.13", True, True, True),
+            "tcp-echo.foo": PodInfo("tcp-echo.foo", "foo", "tcp-echo-1", "10.244.0.12", True, True, True)}
+    client_line = json.dumps({"response_flags": "-", "downstream_remote_address": "10.244.0.13:41000",
+                              "upstream_local_address": "10.244.0.13:52000", "upstream_host": "10.244.0.12:9000"})
+    server_line = json.dumps({"response_flags": "-", "downstream_remote_address": "10.244.0.13:52000",
+                              "downstream_peer_uri_san": "spiffe://cluster.local/ns/foo/sa/curl"})
+    reads: list[str] = []
+
+    class LateServer(ReplayKube):
+        def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
+                 tail_lines: int | None = None) -> str:
+            reads.append(pod)
+            if pod == "curl-1":
+                return client_line
+            return server_line if reads.count("tcp-echo-1") >= 3 else ""  # flushed on the third read
+
+    probe = Probe(CURL_FOO, echo, tcp, marker="istio-mtls-probe-tcp1")
+    observer = Observer(LateServer(), naming, pods, lambda m: None)
+    current = Round([0])
+    current.readings = {0: Reading(None, None, "", True, "hello", 2.0, ("10.244.0.13", 41000))}
+    logs = observer._logs([probe], current, ["curl.foo", "tcp-echo.foo"])
+    assert reads.count("tcp-echo-1") == 3
+    assert logs["tcp-echo.foo"][0][0]["downstream_peer_uri_san"] == "spiffe://cluster.local/ns/foo/sa/curl"

@@ -56,3 +56,12 @@ def test_server_errors_are_one_line_kube_errors(standin: tuple[Kube, Store]) -> 
         kube.patch("v1", "Pod", "contract", "nosuch", {"metadata": {"labels": {"a": "b"}}})
     assert info.value.status == 404
     assert kube.server_version() == "v1.34.1"
+
+
+def test_a_refused_exec_says_what_the_server_said(standin: tuple[Kube, Store]) -> None:
+    """A missing container is refused on the WebSocket upgrade (HTTP 400), not on channel 3; kubernetes 36
+    then trips over its own ``e.body.decode``. The user must see the server's message, not that."""
+    kube, _ = standin
+    result = kube.exec("contract", "curl-0", "capture", ["true"], timeout=5)
+    assert result.returncode is None
+    assert result.error == "exec in contract/curl-0 (capture): container capture is not valid for pod curl-0"

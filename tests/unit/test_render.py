@@ -5,6 +5,7 @@ tests/unit/data/istio-crds; the workload conventions the backends rely on are ch
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from pytest_istio_mtls.backends.kube.manifests import (
     images,
     install_overlay,
     port_name,
+    stats_inclusion,
 )
 from pytest_istio_mtls.cli import main
 from pytest_istio_mtls.evidence.accesslog import FORMAT
@@ -226,3 +228,27 @@ def test_render_touches_no_cluster_and_loads_no_client() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "kind: IstioOperator" in done.stdout
+
+
+@pytest.mark.parametrize("name", [
+    # Istio >= 1.24: clusters are named by alt_stat_name "<cluster>;" (istio/istio#52234)
+    "cluster.outbound|8000||httpbin.foo-abc123.svc.cluster.local;.ssl.connection_error",
+    "cluster.outbound|8000||httpbin.foo-abc123.svc.cluster.local;.upstream_cx_destroy_remote_with_active_rq",
+    "cluster.outbound|9000|v1|tcp-echo.bar-abc123.svc.example.corp;.ssl.handshake",  # any cluster domain
+    # Istio < 1.24
+    "cluster.outbound|8000||httpbin.foo-abc123.svc.cluster.local.ssl.connection_error",
+])
+def test_scoped_stats_keep_outbound_clusters_of_the_runs_namespaces(name: str) -> None:
+    scoped = stats_inclusion(["foo-abc123", "bar-abc123"])
+    assert any(re.fullmatch(pattern, name) for pattern in scoped)
+    other = name.replace("foo-abc123", "team-x").replace("bar-abc123", "team-x")
+    assert not any(re.fullmatch(pattern, other) for pattern in scoped)  # other tenants' clusters stay out
+
+
+def test_stats_inclusion_keeps_every_server_stat_the_verdicts_read() -> None:
+    recorded = [line.partition(": ")[0] for line in (DATA.parent / "replays" / "stats_server_httpbin.txt").read_text()
+                .splitlines() if line.strip()]
+    for names in (None, ["foo-abc123"]):
+        patterns = stats_inclusion(names)
+        kept = [n for n in recorded if any(re.fullmatch(p, n) for p in patterns)]
+        assert kept == recorded, set(recorded) - set(kept)

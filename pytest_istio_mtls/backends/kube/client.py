@@ -8,6 +8,7 @@ so tests drive everything with replays of real API objects instead of a cluster.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -110,6 +111,31 @@ def _message(exc: Exception) -> tuple[str, int]:
     except (ValueError, AttributeError):
         text = ""
     return (text or str(getattr(exc, "reason", "")) or str(exc)).strip().splitlines()[0], status
+
+
+def _upgrade_refusal(exc: BaseException) -> tuple[str, int]:
+    """The API server's own words when it refuses an exec before any stream exists (a missing pod or
+    container is an HTTP 4xx on the WebSocket upgrade, not a status on channel 3).
+
+    The client wraps the handshake error in an ApiException whose reason holds the response as
+    ``Handshake status 400 Bad Request -+-+- {headers} -+-+- {Status JSON}``, and in kubernetes 36
+    then fails on its own ``e.body.decode`` (AttributeError), so the chain is searched.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(getattr(seen, "reason", "") or seen)
+        match = re.match(r"Handshake status (\d+)", text)
+        if match:
+            body = text.rpartition(" -+-+- ")[2]
+            try:
+                message = str(json.loads(body).get("message") or "")
+            except (ValueError, AttributeError):
+                message = ""
+            return message or text.partition(" -+-+- ")[0], int(match[1])
+        if getattr(seen, "status", 0) and not isinstance(seen, AttributeError):
+            return _message(seen) if isinstance(seen, Exception) else (str(seen), 0)
+        seen = seen.__context__
+    return f"{type(exc).__name__}: {exc}", 0
 
 
 def parse_exec_status(raw: str) -> tuple[int | None, str]:
@@ -306,7 +332,6 @@ class Kube:
     # -- pods ---------------------------------------------------------------------------------------------
 
     def _open(self, namespace: str, pod: str, container: str, command: Sequence[str], stdin: bool) -> Any:
-        from kubernetes.client.rest import ApiException
         from kubernetes.stream import stream
 
         with self._stream_lock:
@@ -314,11 +339,9 @@ class Kube:
                 return stream(self.core.connect_get_namespaced_pod_exec, pod, namespace, container=container,
                               command=list(command), stdin=stdin, stdout=True, stderr=True, tty=False,
                               _preload_content=False, binary=True)
-            except ApiException as exc:
-                raise KubeError(f"exec in {namespace}/{pod} ({container}): {_message(exc)[0]}",
-                                _message(exc)[1]) from None
             except Exception as exc:
-                raise KubeError(f"exec in {namespace}/{pod} ({container}): {type(exc).__name__}: {exc}") from None
+                message, status = _upgrade_refusal(exc)
+                raise KubeError(f"exec in {namespace}/{pod} ({container}): {message}", status) from None
 
     def exec(self, namespace: str, pod: str, container: str, command: Sequence[str],
              timeout: float = 60.0) -> ExecResult:

@@ -33,6 +33,13 @@ from .workloads import PodInfo
 Stats = tuple[dict[str, int] | None, str]
 
 
+def _connected(entry: dict[str, Any]) -> tuple[str, int] | None:
+    """The client sidecar's local address of an upstream connection that was made and not failed, else None."""
+    if str(entry.get("response_flags") or "-") not in ("-", ""):
+        return None
+    return parse_address(entry.get("upstream_local_address"))
+
+
 def rounds(probes: Sequence[Probe]) -> list[list[int]]:
     """Probe indexes grouped so that no target workload appears twice in a round (order kept)."""
     groups: list[list[int]] = []
@@ -142,9 +149,20 @@ class Observer:
             return {ref: access_log(self.kube, self.pods[ref], since) for ref in proxies if ref in self.pods}
 
         def complete(logs: dict[str, tuple[list[dict[str, Any]], str]]) -> bool:
-            return all(self._client_entries(probes[i], logs, current.readings.get(i))
-                       for i in current.indexes if probes[i].source.sidecar and probes[i].source.ref in logs
-                       and isinstance(current.readings.get(i), Reading))
+            for i in current.indexes:
+                probe, reading = probes[i], current.readings.get(i)
+                if not (probe.source.sidecar and probe.source.ref in logs and isinstance(reading, Reading)):
+                    continue
+                entries = self._client_entries(probe, logs, reading)
+                if not entries:
+                    return False
+                # A TCP peer identity is only in the server's entry, written when the connection closes and
+                # flushed on the server sidecar's own timer: wait for it too when the client got through.
+                if probe.port.protocol == "tcp" and probe.target.sidecar and probe.target.ref in logs:
+                    for wire in (_connected(e) for e in entries):
+                        if wire is not None and not self._server_entries(probe, logs, wire):
+                            return False
+            return True
 
         return wait_for_logs(fetch, complete) if self.access_logs else fetch()
 
