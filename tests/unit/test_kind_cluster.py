@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -56,20 +56,23 @@ def test_docker_info_that_hangs_is_cut_short() -> None:
 
 def test_podman_provider_is_checked_instead_of_docker() -> None:
     asked: list[str] = []
+    runner = Runner({("info",): (0, "5.2.0\n", "")})
     check_docker(env={"KIND_EXPERIMENTAL_PROVIDER": "podman"},
                  which=lambda name: asked.append(name) or f"/usr/bin/{name}",  # type: ignore[func-returns-value]
-                 run=Runner({("info",): (0, "5.2.0\n", "")}))
+                 run=runner)
     assert asked == ["podman"]
+    # podman info has no .ServerVersion: that template would fail and report a working podman as down
+    assert runner.calls == [["/usr/bin/podman", "info", "--format", "{{.Version.Version}}"]]
 
 
-def make_cluster(tmp_path: Path, runner: Runner, delegate: Any = None) -> Cluster:
+def make_cluster(tmp_path: Path, runner: Runner) -> Cluster:
     return Cluster("pytest-istio-mtls", tmp_path / "kind", "kindest/node:v1.36.1@sha256:" + "0" * 64,
-                   tmp_path / "cfg" / "kubeconfig", run=runner, pytest_kind=delegate)
+                   tmp_path / "cfg" / "kubeconfig", run=runner)
 
 
 def test_an_existing_cluster_is_reused_and_never_deleted_replay(tmp_path: Path) -> None:
     runner = Runner({("get", "clusters"): (0, replay("kind_get_clusters.txt"), "")})
-    cluster = make_cluster(tmp_path, runner, delegate=False)
+    cluster = make_cluster(tmp_path, runner)
     assert cluster.create() is True
     assert runner.calls[1][1:5] == ["export", "kubeconfig", "--name", "pytest-istio-mtls"]
     assert not any("create" in call for call in runner.calls)
@@ -79,7 +82,7 @@ def test_an_existing_cluster_is_reused_and_never_deleted_replay(tmp_path: Path) 
 
 def test_a_new_cluster_is_created_and_deleted_by_the_run(tmp_path: Path) -> None:
     runner = Runner({("get", "clusters"): (0, "dev\n", "")})
-    cluster = make_cluster(tmp_path, runner, delegate=False)
+    cluster = make_cluster(tmp_path, runner)
     assert cluster.create() is False
     create = runner.calls[1]
     assert create[1:3] == ["create", "cluster"] and "--image" in create and "--kubeconfig" in create
@@ -89,38 +92,34 @@ def test_a_new_cluster_is_created_and_deleted_by_the_run(tmp_path: Path) -> None
     assert sum(1 for call in runner.calls if call[1:3] == ["delete", "cluster"]) == 1
 
 
-class FakePytestKind:
-    instances: ClassVar[list[FakePytestKind]] = []
+def test_every_kind_call_has_a_deadline_and_a_timeout_is_one_clean_error(tmp_path: Path) -> None:
+    """kind is always driven directly (pytest-kind's create has no timeout): a hung create ends in one
+    message, and the half-created cluster is still deleted by the run."""
+    deadlines: list[float] = []
 
-    def __init__(self, name: str, kubeconfig: Path, image: str, kind_path: Path) -> None:
-        self.args = (name, kubeconfig, image, kind_path)
-        self.created = self.deleted = 0
-        FakePytestKind.instances.append(self)
+    def hangs_on_create(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        deadlines.append(kwargs["timeout"])
+        if command[1:3] == ["create", "cluster"]:
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        return subprocess.CompletedProcess(command, 0, "", "")
 
-    def create(self) -> None:
-        self.created += 1
-
-    def delete(self) -> None:
-        self.deleted += 1
-
-
-def test_pytest_kind_gets_our_pins_and_never_deletes_a_reused_cluster_replay(tmp_path: Path) -> None:
-    FakePytestKind.instances.clear()
-    runner = Runner({("get", "clusters"): (0, replay("kind_get_clusters.txt"), "")})
-    reused = make_cluster(tmp_path, runner, delegate=FakePytestKind)
-    assert reused.create() is True
-    reused.delete()
-    fake = FakePytestKind.instances[-1]
-    assert fake.args[2].startswith("kindest/node:v1.36.1@sha256:") and fake.args[3] == tmp_path / "kind"
-    assert (fake.created, fake.deleted) == (0, 0)  # pytest-kind would have deleted it: it is never asked
-
-
-def test_pytest_kind_creates_and_deletes_a_new_cluster(tmp_path: Path) -> None:
-    FakePytestKind.instances.clear()
-    cluster = make_cluster(tmp_path, Runner({("get", "clusters"): (0, "", "")}), delegate=FakePytestKind)
-    assert cluster.create() is False
+    cluster = Cluster("pytest-istio-mtls", tmp_path / "kind", "kindest/node:v1.36.1", tmp_path / "kubeconfig",
+                      run=hangs_on_create, timeout=42)
+    with pytest.raises(BackendError, match=r"^`kind create cluster .*` did not finish within 42s$"):
+        cluster.create()
+    assert deadlines == [60, 42]
     cluster.delete()
-    assert (FakePytestKind.instances[-1].created, FakePytestKind.instances[-1].deleted) == (1, 1)
+    assert len(deadlines) == 3 and deadlines[-1] == 300
+
+
+def test_a_failed_delete_says_how_to_delete_by_hand(tmp_path: Path) -> None:
+    runner = Runner({("get", "clusters"): (0, "", ""),
+                     ("delete", "cluster"): (1, "", "ERROR: failed to delete cluster: permission denied\n")})
+    cluster = make_cluster(tmp_path, runner)
+    cluster.create()
+    with pytest.raises(BackendError, match=r"permission denied; delete it with: kind delete cluster --name "
+                                           r"pytest-istio-mtls$"):
+        cluster.delete()
 
 
 def test_kind_failures_are_one_line_with_kinds_last_words(tmp_path: Path) -> None:
@@ -128,7 +127,7 @@ def test_kind_failures_are_one_line_with_kinds_last_words(tmp_path: Path) -> Non
                      ("create", "cluster"): (1, "", "Creating cluster ...\n ✗ Preparing nodes\n"
                                                      "ERROR: failed to create cluster: node(s) already exist\n")})
     with pytest.raises(BackendError, match="failed to create cluster: node"):
-        make_cluster(tmp_path, runner, delegate=False).create()
+        make_cluster(tmp_path, runner).create()
 
 
 def test_wait_usable_on_ready_nodes_and_coredns_replay() -> None:

@@ -63,7 +63,7 @@ def test_a_stuck_rollout_names_the_workload_and_why_replay() -> None:
     with pytest.raises(BackendError) as info:
         wait_ready(kube, TOPOLOGY, Naming(None), timeout=0.2, progress=lambda m: None, sleep_s=0.05)
     message = str(info.value)
-    assert message.startswith("workloads not ready after 0s (--istio-timeout):")
+    assert message.startswith("workloads not ready after 0s (--istio-timeout, not counting image pulls):")
     assert "httpbin.foo:" in message and "ImagePullBackOff" in message
     assert "toomanyrequests" in message  # the kubelet's warning event
     assert "curl.foo" not in message
@@ -96,3 +96,48 @@ def test_an_uninjected_pod_is_recreated_once_then_refused_replay() -> None:
         wait_ready(kube, TOPOLOGY, Naming(None), timeout=2, progress=messages.append, sleep_s=0.01)
     assert deleted == ["httpbin-6d8f7c9b5-abcde"]
     assert "recreating it" in messages[0]
+
+
+def _pulling(pod: str, image: str, reason: str = "Pulling") -> dict[str, Any]:
+    words = {"Pulling": f'Pulling image "{image}"',
+             "Pulled": f'Successfully pulled image "{image}" in 41.2s (41.2s including waiting). Image size: 9 bytes.'}
+    return {"apiVersion": "v1", "kind": "Event", "type": "Normal", "reason": reason, "message": words[reason],
+            "metadata": {"name": f"{pod}.{reason.lower()}", "namespace": "foo"},
+            "involvedObject": {"kind": "Pod", "namespace": "foo", "name": pod, "fieldPath": "spec.containers{httpbin}"}}
+
+
+def test_image_pulls_do_not_count_against_the_timeout_and_are_shown() -> None:
+    """The first deploy pulls every image: --istio-timeout starts after the pulls (review finding C5)."""
+    kube = ReplayKube()
+    image = "docker.io/mccutchen/go-httpbin:v2.15.0"
+    waiting = replay("pod_image_pull_backoff.json")
+    name = waiting["metadata"]["name"]
+    for status in waiting["status"]["containerStatuses"]:
+        status["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    kube.add(PODS["curl.foo"], PODS["curl.legacy"], waiting, _pulling(name, image))
+    now = [0.0]
+    messages: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 120:  # the pull ends after two minutes, then the pod becomes ready
+            kube.delete("v1", "Pod", "foo", name)
+            kube.add(_pulling(name, image, "Pulled"), PODS["httpbin.foo"])
+
+    pods = wait_ready(kube, TOPOLOGY, Naming(None), timeout=10, progress=messages.append, sleep_s=2,
+                      clock=lambda: now[0], sleep=sleep)
+    assert pods["httpbin.foo"].ready and now[0] >= 120
+    assert messages[0] == f"pulling images (0s so far; --istio-timeout starts after them): {image}"
+    assert len(messages) == 120 // 15  # one line every 15 s of pulling
+
+
+def test_a_pull_that_never_ends_has_its_own_deadline() -> None:
+    kube = ReplayKube()
+    waiting = replay("pod_image_pull_backoff.json")
+    kube.add(PODS["curl.foo"], PODS["curl.legacy"], waiting,
+             _pulling(waiting["metadata"]["name"], "docker.io/mccutchen/go-httpbin:v2.15.0"))
+    now = [0.0]
+    with pytest.raises(BackendError, match=r"^images still being pulled after 60s: docker.io/mccutchen/go-httpbin:"
+                                           r"v2.15.0; pre-load them"):
+        wait_ready(kube, TOPOLOGY, Naming(None), timeout=10, progress=lambda m: None, sleep_s=5,
+                   clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s), pull_timeout=60)

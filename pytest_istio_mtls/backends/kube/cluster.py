@@ -1,10 +1,10 @@
 """The kind cluster: Docker check, create or reuse, wait until usable, delete only what we created.
 
-The lifecycle goes through pytest-kind's ``KindCluster`` when that optional extra is installed
-(always with our pinned kind binary and node image, never its stale defaults), else through the
-kind CLI directly. pytest-kind silently reuses an existing cluster of the same name, so whether
-the cluster pre-existed is decided here, from ``kind get clusters``, before anything is created:
-a reused cluster is never deleted.
+The lifecycle always drives our pinned kind CLI directly, with a deadline on every call, even when
+pytest-kind is installed (its options are honoured, see options.py): pytest-kind's ``KindCluster``
+runs ``kind create`` with no timeout and lets ``CalledProcessError`` escape from delete. Whether the
+cluster pre-existed is decided from ``kind get clusters`` before anything is created: a reused
+cluster is never deleted.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
@@ -23,6 +22,9 @@ from .client import KubeApi
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 DOCKER_TIMEOUT = 15.0
+# `podman info` has no .ServerVersion (its version is under .Version.Version): the template would fail
+# and a working podman would be reported as unreachable.
+INFO_FORMATS = {"podman": "{{.Version.Version}}"}
 NO_DOCKER_HINT = "start Docker, or run without a cluster: --istio-backend=local"
 
 
@@ -35,8 +37,8 @@ def check_docker(env: Mapping[str, str] | None = None, which: Callable[[str], st
     if binary is None:
         raise BackendUnavailable(f"the kind backend needs Docker, but `{provider}` is not on PATH; {NO_DOCKER_HINT}")
     try:
-        done = run([binary, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                   timeout=DOCKER_TIMEOUT)
+        done = run([binary, "info", "--format", INFO_FORMATS.get(provider, "{{.ServerVersion}}")], capture_output=True,
+                   text=True, timeout=DOCKER_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise BackendUnavailable(f"the kind backend needs Docker, but `{provider} info` did not answer within "
                                  f"{DOCKER_TIMEOUT:.0f}s; {NO_DOCKER_HINT}") from None
@@ -50,20 +52,11 @@ def check_docker(env: Mapping[str, str] | None = None, which: Callable[[str], st
                                  f"{NO_DOCKER_HINT}")
 
 
-def _pytest_kind() -> Any:
-    try:
-        from pytest_kind import KindCluster
-    except ImportError:
-        return None
-    return KindCluster
-
-
 class Cluster:
     """One kind cluster by name; ``created`` is True only when this run created it."""
 
     def __init__(self, name: str, kind: Path, image: str, kubeconfig: Path, run: Run = subprocess.run,
-                 pytest_kind: Any = None, timeout: float = 600.0) -> None:
-        """``pytest_kind``: a KindCluster-like class (default: pytest-kind's when installed); False: the kind CLI."""
+                 timeout: float = 600.0) -> None:
         self.name = name
         self.kind = kind
         self.image = image
@@ -71,8 +64,6 @@ class Cluster:
         self.created = False
         self._run = run
         self._timeout = timeout
-        factory = _pytest_kind() if pytest_kind is None else pytest_kind
-        self._delegate = factory(name, kubeconfig=kubeconfig, image=image, kind_path=kind) if factory else None
 
     def _kind(self, *args: str, timeout: float | None = None) -> str:
         command = [str(self.kind), *args]
@@ -95,27 +86,20 @@ class Cluster:
         if self.exists():
             self._kind("export", "kubeconfig", "--name", self.name, "--kubeconfig", str(self.kubeconfig), timeout=60)
             return True
-        if self._delegate is not None:
-            try:
-                self._delegate.create()
-            except subprocess.CalledProcessError as exc:
-                raise BackendError(f"kind could not create cluster {self.name} (exit {exc.returncode}); "
-                                   "see kind's output above") from None
-        else:
-            self._kind("create", "cluster", "--name", self.name, "--image", self.image,
-                       "--kubeconfig", str(self.kubeconfig))
-        self.created = True
+        self.created = True  # before the call: a create that fails half-way leaves containers to delete
+        self._kind("create", "cluster", "--name", self.name, "--image", self.image,
+                   "--kubeconfig", str(self.kubeconfig))
         return False
 
     def delete(self) -> None:
         """Delete the cluster, but only if this run created it."""
         if not self.created:
             return
-        if self._delegate is not None:
-            self._delegate.delete()
-        else:
-            self._kind("delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
         self.created = False
+        try:
+            self._kind("delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig), timeout=300)
+        except BackendError as exc:
+            raise BackendError(f"{exc}; delete it with: kind delete cluster --name {self.name}") from None
 
     def version(self) -> str:
         try:

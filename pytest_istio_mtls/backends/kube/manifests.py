@@ -34,7 +34,7 @@ DEFAULT_HUB = "docker.io/istio"  # where every Istio release publishes istiod an
 DEFAULT_IMAGES: dict[str, str] = {
     "httpbin": "docker.io/mccutchen/go-httpbin:v2.15.0",  # Istio's httpbin sample image; multi-arch
     "curl": "docker.io/curlimages/curl:8.16.0",  # Istio's curl sample image
-    "tcp-echo": "docker.io/istio/tcp-echo-server:1.3",  # Istio's tcp-echo sample; arm64 build not verified
+    "tcp-echo": "docker.io/istio/tcp-echo-server:1.3",  # Istio's tcp-echo sample; amd64 and arm64
     "capture": "docker.io/nicolaka/netshoot:v0.15",  # tcpdump; multi-arch
 }
 

@@ -26,8 +26,8 @@ KIND_SHA256: dict[tuple[str, str], str] = {
     ("darwin", "arm64"): "dca67911095a110c2b5c36e26df6cac860c602033e456c0db47be498cdef1ebb",
 }
 # Node images published with kind v0.32.0, by Kubernetes minor, pinned by (multi-arch) digest.
-# 1.36.1 and 1.35.5: verified in many pinned copies of the v0.32.0 release notes; 1.34.8: one copy only
-# (unverified beyond that). kind v0.32.0 also ships v1.33.12, whose digest we could not verify: not listed.
+# All three are pinned identically by many independent repositories (pre-flight review, 2026-11).
+# kind v0.32.0 also ships v1.33.12, whose digest has a single source: not listed.
 NODE_IMAGES: dict[str, str] = {
     "1.36": "kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5",
     "1.35": "kindest/node:v1.35.5@sha256:ce977ae6d65918d0b58a5f8b5e940429c2ce42fa3a5619ec2bbc60b949c0ac95",

@@ -7,11 +7,10 @@ presence contradicts the topology is a failure too, never something probes run a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ...model import Topology, Workload
 from ..base import BackendError
@@ -104,14 +103,42 @@ def explain(kube: KubeApi, pending: Mapping[Workload, PodInfo | None], naming: N
     return "\n".join(lines)
 
 
+PULL_TIMEOUT_S = 900.0  # image pulls on a slow link or a cold node; --istio-timeout starts after them
+PULL_REPORT_S = 15.0
+
+
+def pulls_in_progress(kube: KubeApi, namespaces: Iterable[str]) -> list[str]:
+    """Images the kubelet has started but not finished pulling, from the namespaces' events."""
+    started: dict[str, str] = {}
+    finished: set[str] = set()
+    for namespace in namespaces:
+        try:
+            events = kube.list("v1", "Event", namespace)
+        except BackendError:
+            continue
+        for event in events:
+            message = str(event.get("message") or "")
+            image = message.split('"')[1] if message.count('"') >= 2 else ""
+            key = f"{namespace}/{(event.get('involvedObject') or {}).get('name')}/{image}"
+            if event.get("reason") == "Pulling":
+                started[key] = image
+            elif event.get("reason") in ("Pulled", "Failed", "BackOff", "ErrImageNeverPull"):
+                finished.add(key)
+    return sorted({image for key, image in started.items() if key not in finished})
+
+
 def wait_ready(kube: KubeApi, topology: Topology, naming: Naming, timeout: float,
-               progress: Progress, sleep_s: float = 2.0) -> dict[str, PodInfo]:
+               progress: Progress, sleep_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep, pull_timeout: float = PULL_TIMEOUT_S) -> dict[str, PodInfo]:
     """Block until every workload's pod is Ready with the right sidecar presence.
 
-    A pod created before the injector worked has no sidecar: it is deleted once so its Deployment
-    recreates it through the webhook; a second wrong pod is an error.
+    ``timeout`` (--istio-timeout) counts only while no image is being pulled: the first deploy on a fresh
+    node pulls every image, which says nothing about the workloads, so pulls have their own deadline and
+    are shown as progress. A pod created before the injector worked has no sidecar: it is deleted once
+    so its Deployment recreates it through the webhook; a second wrong pod is an error.
     """
     recreated: set[str] = set()
+    namespaces = sorted({naming.ns(w.namespace) for w in topology.workloads})
 
     def pending() -> dict[Workload, PodInfo | None]:
         pods = current_pods(kube, topology.workloads, naming)
@@ -131,17 +158,28 @@ def wait_ready(kube: KubeApi, topology: Topology, naming: Naming, timeout: float
                 waiting[workload] = info
         return waiting
 
-    last: dict[Workload, PodInfo | None] = {}
-
-    def check() -> bool:
-        nonlocal last
+    start = last_tick = clock()
+    waited = pulling_for = 0.0
+    reported = -PULL_REPORT_S
+    while True:
         last = pending()
-        return bool(last)
-
-    try:
-        Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(sleep_s),
-                 retry=retry_if_result(lambda waiting: waiting), reraise=True)(check)
-    except RetryError:
-        raise BackendError(f"workloads not ready after {timeout:.0f}s (--istio-timeout):\n"
-                           + explain(kube, last, naming)) from None
-    return current_pods(kube, topology.workloads, naming)
+        if not last:
+            return current_pods(kube, topology.workloads, naming)
+        pulling = pulls_in_progress(kube, namespaces)
+        now = clock()
+        step, last_tick = now - last_tick, now
+        if pulling:
+            pulling_for += step
+            if pulling_for - reported >= PULL_REPORT_S:
+                reported = pulling_for
+                progress(f"pulling images ({now - start:.0f}s so far; --istio-timeout starts after them): "
+                         + ", ".join(pulling))
+            if pulling_for > pull_timeout:
+                raise BackendError(f"images still being pulled after {pull_timeout:.0f}s: {', '.join(pulling)}; "
+                                   "pre-load them (kind load docker-image) or use a mirror (--istio-images)")
+        else:
+            waited += step
+            if waited > timeout:
+                raise BackendError(f"workloads not ready after {timeout:.0f}s (--istio-timeout, not counting image "
+                                   f"pulls):\n" + explain(kube, last, naming))
+        sleep(sleep_s)
