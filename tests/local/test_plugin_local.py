@@ -181,3 +181,19 @@ def test_fixtures_for_python_tests(pytester: pytest.Pytester) -> None:
     ''')
     result = pytester.runpytest_subprocess("--istio-backend=local", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_xdist_workers_each_run_a_mesh_and_the_controller_merges_one_report(pytester: pytest.Pytester) -> None:
+    """`pytest -n 2`: each worker deploys its own mesh (two concurrent local runs that must not sweep each
+    other), and the controller prints one truth table and writes one report with every worker's rows."""
+    files = [BUILTIN / "03-namespace-strict.yaml", BUILTIN / "06-port-level-disable.yaml"]
+    items = sum(len(load_scenario(f).expectations) for f in files)
+    result = pytester.runpytest_subprocess("--istio-scenarios", *map(str, files), "--istio-backend=local",
+                                           "-n", "2", "--dist", "loadscope", "--istio-report=report",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=items)
+    assert sum(1 for line in result.outlines if "Istio mTLS truth table" in line) == 1
+    result.stdout.fnmatch_lines([f"total: {items} correct, 0 wrong, 0 errors"])
+    report = json.loads((pytester.path / "report" / "report.json").read_text())
+    assert sorted(s["name"] for s in report["scenarios"]) == sorted(load_scenario(f).name for f in files)
+    assert sum(len(s["rows"]) for s in report["scenarios"]) == items

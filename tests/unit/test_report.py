@@ -18,7 +18,7 @@ from pytest_istio_mtls.observation import CaptureEvidence, Evidence, Observation
 from pytest_istio_mtls.report import write_all
 from pytest_istio_mtls.report.html import render_html
 from pytest_istio_mtls.report.markdown import CAP_BYTES, render_markdown
-from pytest_istio_mtls.report.model import Report, Row, ScenarioReport
+from pytest_istio_mtls.report.model import Report, Row, ScenarioReport, merge, report_from_json
 from pytest_istio_mtls.report.terminal import render
 
 REASON = "httpbin.foo:8000 STRICT (PeerAuthentication foo/default) [P2]; curl.foo sends istio-mtls [O1] → mtls"
@@ -297,3 +297,27 @@ def test_write_all(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8")) == _json(report)
     assert (tmp_path / "out" / "report.md").read_text(encoding="utf-8") == render_markdown(report)
     assert (tmp_path / "out" / "report.html").read_text(encoding="utf-8") == render_html(report)
+
+
+def test_a_report_survives_the_trip_from_an_xdist_worker() -> None:
+    original = run_report()
+    back = report_from_json(json.loads(json.dumps(original.to_json())))
+    assert back.to_json() == original.to_json()
+
+
+def test_worker_reports_merge_into_one() -> None:
+    """Each pytest-xdist worker runs its own mesh; the controller shows one truth table and one report."""
+    whole = run_report()
+    strict = whole.scenarios[0]
+    one = Report("local", [ScenarioReport(strict.name, strict.file, strict.description, strict.rows[:2],
+                                          strict.policies)], versions={"envoy": "1.40.0"},
+                 started="2025-06-01T12:00:05+00:00", duration_s=30.0)
+    two = Report("local", [ScenarioReport(strict.name, strict.file, strict.description, strict.rows[2:],
+                                          strict.policies), whole.scenarios[1]], versions={"envoy": "1.40.0"},
+                 started="2025-06-01T12:00:00+00:00", duration_s=42.0)
+    merged = merge([one, two])
+    assert [s.name for s in merged.scenarios] == ["broken", "strict"]
+    assert merged.scenarios[1].rows == strict.rows
+    assert merged.counts() == whole.counts() == {"correct": 1, "wrong": 1, "error": 2, "predicted": 0}
+    assert (merged.started, merged.duration_s, merged.versions) == ("2025-06-01T12:00:00+00:00", 42.0,
+                                                                   {"envoy": "1.40.0"})

@@ -24,6 +24,7 @@ from .system import NETNS_DIR, cmdline, pid_alive
 
 STATE_ROOT = Path(os.environ.get("ISTIO_MTLS_LOCAL_STATE", "/run/pytest-istio-mtls"))
 PREFIX = "imtls"
+STAGING_STALE_S = 600.0
 
 
 @dataclass
@@ -67,8 +68,12 @@ def new_run() -> RunState:
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
     STATE_ROOT.chmod(0o711)  # the proxies (uid 1337) traverse it to their config; nobody may list it
     state = RunState(run_id=secrets.token_hex(3), owner_pid=os.getpid())
-    state.directory.mkdir(mode=0o711)  # the proxy (uid 1337) must traverse it to read its config
-    state.save()
+    # Appears complete or not at all: a concurrent run's sweep must never see the directory without its
+    # state.json (it would remove it as unreadable), so it is written under a staging name first.
+    staging = STATE_ROOT / f".new-{state.run_id}"
+    staging.mkdir(mode=0o711)  # the proxy (uid 1337) must traverse it to read its config
+    (staging / "state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    staging.rename(state.directory)
     return state
 
 
@@ -136,6 +141,11 @@ def sweep(*, include_kept: bool = False, only: str | None = None) -> list[str]:
     known: set[str] = set()
     if STATE_ROOT.is_dir():
         for directory in sorted(STATE_ROOT.iterdir()):
+            if directory.name.startswith(".new-"):  # another run being created right now (or long dead)
+                with contextlib.suppress(OSError):
+                    if time.time() - directory.stat().st_mtime > STAGING_STALE_S:
+                        shutil.rmtree(directory, ignore_errors=True)
+                continue
             state = RunState.load(directory)
             if state is None:
                 shutil.rmtree(directory, ignore_errors=True)
