@@ -6,6 +6,7 @@ real Istio mesh, so the joins below (probe ↔ connection ↔ peer identity) wor
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 # key → Envoy command operator
 FORMAT: dict[str, str] = {
     "marker": "%REQ(X-ISTIO-MTLS-PROBE)%",
+    "start_time": "%START_TIME%",
     "response_code": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
     "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
@@ -49,6 +51,22 @@ def parse(lines: Iterable[str]) -> list[dict[str, Any]]:
         if isinstance(entry, dict):
             entries.append(entry)
     return entries
+
+
+def started_within(entry: dict[str, Any], start: float, end: float) -> bool:
+    """Did the entry's connection or request start within [start, end] (epoch seconds, ms resolution)?
+
+    Ephemeral ports get reused: an address alone can also match an earlier probe's entry, so entries
+    without a marker (TCP) are tied to their probe by time as well. No start time: assume it does.
+    """
+    text = str(entry.get("start_time") or "")
+    if not text or text == "-":
+        return True
+    try:
+        started = datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return True
+    return start - 0.005 <= started <= end + 0.005
 
 
 def matching(entries: Iterable[dict[str, Any]], **fields: str) -> list[dict[str, Any]]:

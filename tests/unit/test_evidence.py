@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -111,3 +112,42 @@ def test_access_log_lines_and_matching() -> None:
                                "[warning] something else", '{"downstream_remote_address": "10.0.0.2:2"}'])
     assert len(entries) == 2
     assert accesslog.matching(entries, downstream_remote_address="10.0.0.2:1") == [entries[0]]
+
+
+def test_an_entry_is_tied_to_its_probe_by_time_when_it_has_no_marker() -> None:
+    """Ephemeral ports get reused: an earlier probe's entry for the same address must not count."""
+    from pytest_istio_mtls.evidence.accesslog import FORMAT, started_within
+
+    assert FORMAT["start_time"] == "%START_TIME%"
+    start = datetime.datetime(2026, 11, 30, 18, 0, 0, 500000, tzinfo=datetime.timezone.utc).timestamp()
+    entry = {"start_time": "2026-11-30T18:00:00.612Z", "downstream_remote_address": "10.244.0.10:49436"}
+    assert started_within(entry, start, start + 0.2)
+    assert not started_within(entry, start + 0.2, start + 0.4)  # a later probe reusing the port
+    assert not started_within({**entry, "start_time": "2026-11-30T17:59:58.001Z"}, start, start + 0.2)
+    assert started_within({"start_time": "-"}, start, start + 0.2)  # no time logged: the address decides
+
+
+def test_the_local_backend_joins_only_the_probes_own_entries() -> None:
+    from pytest_istio_mtls.backends.local.backend import LocalBackend, Pod
+    from pytest_istio_mtls.model import Port, Workload
+    from pytest_istio_mtls.observation import Probe
+    from pytest_istio_mtls.options import Settings
+
+    backend = LocalBackend(Settings(backend="local"), lambda m: None)
+    client = Workload("curl", "foo", {"app": "curl"}, "curl", True)
+    server = Workload("echo", "foo", {"app": "echo"}, "echo", True, (Port("tcp", 9000, 9000, "tcp"),))
+    pod = Pod(client, "ns", "veth", "10.244.0.10", "10.96.0.10", Path("/nonexistent"))
+    key = ("outbound", "10.244.0.10:49436")
+    old = {"marker": "-", "start_time": "2026-11-30T17:59:58.001Z", "upstream_local_address": "10.244.0.10:40000"}
+    new = {"marker": "-", "start_time": "2026-11-30T18:00:00.612Z", "upstream_local_address": "10.244.0.10:40001"}
+    pod.log_index[key] = [old, new]
+    backend.pods = {client.ref: pod}
+    probe = Probe(client, server, server.ports[0], marker="istio-mtls-probe-1")
+    start = datetime.datetime(2026, 11, 30, 18, 0, 0, 500000, tzinfo=datetime.timezone.utc).timestamp()
+    backend._windows[probe.marker] = (start, start + 0.3)
+    assert backend._entries(client.ref, "outbound", ("10.244.0.10", 49436), probe) == [new]
+    http = Probe(client, server, Port("http", 8000, 8080), marker="istio-mtls-probe-2")
+    backend._windows[http.marker] = (start + 5, start + 6)
+    mine = {"marker": "istio-mtls-probe-2", "start_time": "2026-11-30T18:00:05.612Z"}
+    pod.log_index[key].append(mine)
+    assert backend._entries(client.ref, "outbound", ("10.244.0.10", 49436), http) == [mine]

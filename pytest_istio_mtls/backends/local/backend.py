@@ -124,6 +124,7 @@ class LocalBackend:
         self.envoy_version = ""
         self.probe_timeout = min(5.0, settings.timeout)
         self._stats: dict[str, dict[str, int]] = {}
+        self._windows: dict[str, tuple[float, float]] = {}  # probe marker → (sent, answered), epoch seconds
         self._generation = 0
 
     # ----------------------------------------------------------------------------------- lifecycle
@@ -491,6 +492,7 @@ class LocalBackend:
         faults = self._health([client, server], probe)
         before = {ref: self._stats.get(ref) or self._read_stats(pod) for ref, pod in involved.items()}
         self.capture.drain()  # discard frames of earlier traffic
+        sent_at = time.time()
         address = self._resolve(client, probe.target)
         if faults:
             observation.evidence.faults.extend(faults)
@@ -503,6 +505,7 @@ class LocalBackend:
                                    probe.marker, self.probe_timeout)
         else:
             response = prober.tcp(client.netns, (address, probe.port.port), probe.marker, self.probe_timeout)
+        self._windows[probe.marker] = (sent_at, time.time())
         drained = self.capture.drain()
         frames = drained.get(f"{server.netns}:lo" if client is server else server.veth, [])
         observation.status, observation.body = response.status, response.body[:4000]
@@ -542,11 +545,20 @@ class LocalBackend:
                 key = (str(entry.get("direction")), str(entry.get("downstream_remote_address")))
                 pod.log_index.setdefault(key, []).append(entry)
 
-    def _entries(self, ref: str, direction: str, remote: tuple[str, int] | None) -> list[dict[str, Any]]:
+    def _entries(self, ref: str, direction: str, remote: tuple[str, int] | None, probe: Probe) -> list[dict[str, Any]]:
+        """The probe's own entries: same downstream address *and* its marker (HTTP) or its time window (TCP).
+
+        The address alone is not enough: the kernel reuses ephemeral ports, and a pod's log keeps the
+        entries of every earlier probe, so an old entry could name another connection as this probe's wire.
+        """
         pod = self.pods.get(ref)
         if pod is None or remote is None:
             return []
-        return list(pod.log_index.get((direction, f"{remote[0]}:{remote[1]}"), []))
+        entries = pod.log_index.get((direction, f"{remote[0]}:{remote[1]}"), [])
+        start, end = self._windows.get(probe.marker, (0.0, float("inf")))
+        # A connection refused before any request was parsed (e.g. NR) has no marker even on an http port.
+        return [e for e in entries if e.get("marker") == probe.marker or (
+            e.get("marker") in (None, "", "-") and accesslog.started_within(e, start, end))]
 
     def _wait_logs(self, probes: Sequence[Probe], observations: Sequence[Observation],
                    locals_: Sequence[tuple[str, int] | None]) -> None:
@@ -565,13 +577,13 @@ class LocalBackend:
             for probe, observation, local in zip(probes, observations, locals_, strict=True):
                 evidence = observation.evidence
                 if evidence.client_proxy is not None and local is not None:
-                    evidence.client_proxy.access_log = self._entries(probe.source.ref, "outbound", local)
+                    evidence.client_proxy.access_log = self._entries(probe.source.ref, "outbound", local, probe)
                     if not evidence.client_proxy.access_log:
                         pending[probe.pair] = "client sidecar access-log entry"
                         continue
                 # A TCP peer identity is only in the server sidecar's log (no XFCC on raw TCP); _attach joins it.
                 if evidence.server_proxy is not None and observation.echoed and probe.port.protocol == "tcp" and \
-                        not self._entries(probe.target.ref, "inbound", self._wire_source(observation, local)):
+                        not self._entries(probe.target.ref, "inbound", self._wire_source(observation, local), probe):
                     pending[probe.pair] = "server sidecar access-log entry"
             return bool(pending)
 
@@ -613,7 +625,7 @@ class LocalBackend:
             evidence.capture = capture.analyse(pcap, interface=interface, server=destination, client=wire,
                                                marker=probe.marker, pcap_path=path)
         if evidence.server_proxy is not None and wire is not None:
-            evidence.server_proxy.access_log = self._entries(server.ref, "inbound", wire)
+            evidence.server_proxy.access_log = self._entries(server.ref, "inbound", wire, probe)
             if not evidence.peer_identity:
                 peer = next((str(e["downstream_peer_uri_san"]) for e in evidence.server_proxy.access_log
                              if str(e.get("downstream_peer_uri_san", "-")).startswith("spiffe://")), "")
