@@ -32,6 +32,8 @@ RESOURCES: dict[str, dict[str, tuple[str, bool]]] = {
            "configmaps": ("ConfigMap", True), "pods": ("Pod", True), "events": ("Event", True)},
     "apps/v1": {"deployments": ("Deployment", True)},
     "admissionregistration.k8s.io/v1": {"mutatingwebhookconfigurations": ("MutatingWebhookConfiguration", False)},
+    "discovery.k8s.io/v1": {"endpointslices": ("EndpointSlice", True)},
+    "apiextensions.k8s.io/v1": {"customresourcedefinitions": ("CustomResourceDefinition", False)},
     "security.istio.io/v1": {"peerauthentications": ("PeerAuthentication", True),
                              "authorizationpolicies": ("AuthorizationPolicy", True),
                              "requestauthentications": ("RequestAuthentication", True)},
@@ -99,6 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
         namespace = ""
         if len(rest) >= 3 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
+        if rest[-1:] == ["status"] and len(rest) == 3:
+            rest = rest[:2]  # the status subresource is patched like the object here
         if not rest or len(rest) > 2:
             return None
         plural, name = rest[0], rest[1] if len(rest) == 2 else ""
@@ -166,6 +170,26 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                              "details": {"name": name, "kind": plural, "uid": obj["metadata"]["uid"]}})
+
+    def do_POST(self) -> None:
+        parts = [p for p in urlsplit(self.path).path.split("/") if p]
+        self.store.requests.append((self.command, self.path, self.headers.get("Content-Type", "")))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        if len(parts) == 7 and parts[4] == "serviceaccounts" and parts[6] == "token":
+            namespace, account = parts[3], parts[5]
+            with self.store.lock:
+                found = ("v1", "serviceaccounts", namespace, account) in self.store.objects
+            if not found:
+                self._not_found("serviceaccounts", "v1", account)
+                return
+            audiences = (body.get("spec") or {}).get("audiences") or []
+            self._send(201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                             "metadata": {"name": account, "namespace": namespace},
+                             "spec": {"audiences": audiences, "expirationSeconds": 3600},
+                             "status": {"token": f"standin.{namespace}.{account}.{','.join(audiences)}",
+                                        "expirationTimestamp": "2026-12-01T00:00:00Z"}})
+            return
+        self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
 
     def do_PATCH(self) -> None:
         route = self._common()

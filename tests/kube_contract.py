@@ -36,6 +36,15 @@ OBJECTS: dict[str, tuple[str, dict[str, Any]]] = {
         "name": "contract.istio-mtls.pytest.io", "clientConfig": {"url": "https://127.0.0.1:1/never"},
         "rules": [], "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore",
         "objectSelector": {"matchLabels": {"never": "matches"}}}]}),
+    "EndpointSlice": ("discovery.k8s.io/v1", {
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.244.0.10"], "conditions": {"ready": True}}]}),
+    "CustomResourceDefinition": ("apiextensions.k8s.io/v1", {"spec": {
+        "group": "contract.istio-mtls.pytest.io", "scope": "Namespaced",
+        "names": {"plural": "contractcustomresourcedefinitions", "singular": "contractcustomresourcedefinition",
+                  "kind": "ContractWidget"},
+        "versions": [{"name": "v1", "served": True, "storage": True,
+                      "schema": {"openAPIV3Schema": {"type": "object"}}}]}}),
     "PeerAuthentication": ("security.istio.io/v1", {"spec": {"mtls": {"mode": "STRICT"}}}),
     "AuthorizationPolicy": ("security.istio.io/v1", {"spec": {}}),
     "RequestAuthentication": ("security.istio.io/v1", {"spec": {}}),
@@ -52,7 +61,7 @@ OBJECTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ProxyConfig": ("networking.istio.io/v1beta1", {"spec": {"concurrency": 1}}),
     "Telemetry": ("telemetry.istio.io/v1", {"spec": {}}),
 }
-CLUSTER_SCOPED = {"Namespace", "Node", "MutatingWebhookConfiguration"}
+CLUSTER_SCOPED = {"Namespace", "Node", "MutatingWebhookConfiguration", "CustomResourceDefinition"}
 
 
 def every_kind() -> list[str]:
@@ -63,6 +72,8 @@ def every_kind() -> list[str]:
 def manifest(kind: str) -> dict[str, Any]:
     api_version, fields = OBJECTS[kind]
     name = NAMESPACE if kind == "Namespace" else f"contract-{kind.lower()}"
+    if kind == "CustomResourceDefinition":  # a CRD's name must be <plural>.<group>
+        name = "contractcustomresourcedefinitions.contract.istio-mtls.pytest.io"
     metadata: dict[str, Any] = {"name": name, "labels": dict(LABEL)}
     if kind not in CLUSTER_SCOPED:
         metadata["namespace"] = NAMESPACE
@@ -107,3 +118,22 @@ def drive(kube: Kube, kind: str) -> None:
     assert _gone(kube, kind, namespace, name)
     if kind != "Namespace":  # a terminating Namespace still exists until its controller removes it
         assert kube.delete(api_version, kind, namespace, name) is False
+
+
+def drive_kubelet_calls(kube: Kube) -> None:
+    """What the local control plane does as a kubelet: report a pod Running and Ready, mint a token."""
+    kube.apply(manifest("Namespace"))
+    kube.apply(manifest("ServiceAccount"))
+    pod = manifest("Pod")
+    kube.apply(pod)
+    status = {"phase": "Running", "podIP": "10.244.0.10", "podIPs": [{"ip": "10.244.0.10"}],
+              "conditions": [{"type": "Ready", "status": "True"}]}
+    patched = kube.patch_pod_status(NAMESPACE, pod["metadata"]["name"], status)
+    assert patched["status"]["podIP"] == "10.244.0.10" and patched["status"]["phase"] == "Running"
+    read = kube.get("v1", "Pod", NAMESPACE, pod["metadata"]["name"])
+    assert read is not None and read["status"]["conditions"][0]["status"] == "True"
+    token = kube.token(NAMESPACE, manifest("ServiceAccount")["metadata"]["name"], "istio-ca", 3600)
+    assert token.count(".") >= 2  # a JWT (the stand-in's is shaped like one too)
+    with pytest.raises(BackendError, match=r"^token for ServiceAccount contract/nosuch: "):
+        kube.token(NAMESPACE, "nosuch", "istio-ca")
+    kube.delete("v1", "Pod", NAMESPACE, pod["metadata"]["name"])

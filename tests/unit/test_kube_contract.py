@@ -12,7 +12,7 @@ import pytest
 from pytest_istio_mtls.backends.kube.client import BUILTIN, Kube, KubeError
 
 from ..apiserver_standin import Store, standin_apiserver
-from ..kube_contract import OBJECTS, drive, every_kind
+from ..kube_contract import OBJECTS, drive, drive_kubelet_calls, every_kind
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,8 @@ def test_a_refused_exec_says_what_the_server_said(standin: tuple[Kube, Store]) -
     result = kube.exec("contract", "curl-0", "capture", ["true"], timeout=5)
     assert result.returncode is None
     assert result.error == "exec in contract/curl-0 (capture): container capture is not valid for pod curl-0"
+
+
+def test_the_kubelet_calls_of_the_local_control_plane(standin: tuple[Kube, Store]) -> None:
+    kube, _ = standin
+    drive_kubelet_calls(kube)

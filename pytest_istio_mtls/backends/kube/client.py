@@ -31,6 +31,8 @@ BUILTIN: dict[str, tuple[str, str, bool]] = {
     "Event": ("core", "namespaced_event", True),
     "Deployment": ("apps", "namespaced_deployment", True),
     "MutatingWebhookConfiguration": ("admission", "mutating_webhook_configuration", False),
+    "EndpointSlice": ("discovery", "namespaced_endpoint_slice", True),
+    "CustomResourceDefinition": ("extensions", "custom_resource_definition", False),
 }
 PLURALS: dict[str, str] = {
     "PeerAuthentication": "peerauthentications", "AuthorizationPolicy": "authorizationpolicies",
@@ -194,6 +196,8 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.admission = client.AdmissionregistrationV1Api(self.api)
+        self.discovery = client.DiscoveryV1Api(self.api)
+        self.extensions = client.ApiextensionsV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.timeout = request_timeout
         self._stream_lock = threading.Lock()  # stream() swaps ApiClient.request while it connects
@@ -328,6 +332,25 @@ class Kube:
         args = (name, namespace, body) if namespaced else (name, body)
         return self._dict(self._call(what, getattr(api, f"patch_{suffix}"), *args,
                                      _content_type="application/merge-patch+json"))
+
+    def patch_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch a Pod's status subresource: what a kubelet reports (the local control plane plays it)."""
+        return self._dict(self._call(f"patch Pod {namespace}/{name} status", self.core.patch_namespaced_pod_status,
+                                     name, namespace, {"status": status},
+                                     _content_type="application/merge-patch+json"))
+
+    def token(self, namespace: str, service_account: str, audience: str, seconds: int = 86400) -> str:
+        """A bound service-account token from the TokenRequest API (what a kubelet mounts for a pod)."""
+        from kubernetes import client
+
+        body = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=[audience], expiration_seconds=seconds))
+        result = self._call(f"token for ServiceAccount {namespace}/{service_account}",
+                            self.core.create_namespaced_service_account_token, service_account, namespace, body)
+        token = str(getattr(getattr(result, "status", None), "token", "") or "")
+        if not token:
+            raise KubeError(f"token for ServiceAccount {namespace}/{service_account}: the answer had no token")
+        return token
 
     # -- pods ---------------------------------------------------------------------------------------------
 
