@@ -1,0 +1,69 @@
+"""The local backend's run records: a concurrent run's sweep must never take another live run's state."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_istio_mtls.backends.local import state
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(state, "STATE_ROOT", tmp_path / "runs")
+    monkeypatch.setattr(state, "NETNS_DIR", str(tmp_path / "no-netns"))
+    return tmp_path / "runs"
+
+
+def test_a_run_being_created_is_never_swept(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two xdist workers start together: one's sweep runs while the other writes its state."""
+    write_text = Path.write_text
+
+    def slow_write(self: Path, *args: object, **kwargs: object) -> int:
+        time.sleep(0.002)  # widen the window between creating the directory and writing its record
+        return write_text(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", slow_write)
+    stop = threading.Event()
+    seen_without_state: list[str] = []
+
+    def sweeper() -> None:
+        while not stop.is_set():
+            for directory in list(root.iterdir()) if root.is_dir() else []:
+                if not directory.name.startswith(".") and not (directory / "state.json").exists():
+                    seen_without_state.append(directory.name)
+            state.sweep()
+
+    thread = threading.Thread(target=sweeper)
+    thread.start()
+    try:
+        created = [state.new_run() for _ in range(100)]
+    finally:
+        stop.set()
+        thread.join()
+    assert seen_without_state == []
+    assert all(s.directory.is_dir() and (s.directory / "state.json").is_file() for s in created)  # owner alive
+
+
+def test_a_staging_directory_is_left_alone_until_it_is_old(root: Path) -> None:
+    root.mkdir()
+    fresh, old = root / ".new-aaaaaa", root / ".new-bbbbbb"
+    fresh.mkdir()
+    old.mkdir()
+    long_ago = time.time() - state.STAGING_STALE_S - 60
+    os.utime(old, (long_ago, long_ago))
+    state.sweep()
+    assert fresh.is_dir() and not old.exists()
+
+
+def test_a_dead_owners_run_is_swept(root: Path) -> None:
+    run = state.new_run()
+    run.owner_pid = 2**22 + 7  # no such process
+    run.save()
+    removed = state.sweep()
+    assert removed == [f"run {run.run_id}: removed 0 network namespaces, 0 processes"]
+    assert not run.directory.exists()
