@@ -3,6 +3,7 @@ and the one-line errors for a missing or too-old Go. Nothing here runs the real 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -66,13 +67,13 @@ def test_pseudo_version_uses_utc_and_twelve_hex_digits() -> None:
     assert pseudo_version(commit, local) == "v0.0.0-20260827124520-eed52ebb66ad"
 
 
-@pytest.mark.parametrize(("commit", "when"), [
-    ("EED52EBB66AD", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # upper case: not what git prints
-    ("eed52eb", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # too short for a pseudo-version
-    ("eed52ebb66ad", datetime(2026, 1, 1)),  # naive time: the UTC timestamp would be a guess
+@pytest.mark.parametrize(("commit", "when", "message"), [
+    ("EED52EBB66AD", datetime(2026, 1, 1, tzinfo=timezone.utc), "is not a git commit id"),  # git prints lower case
+    ("eed52eb", datetime(2026, 1, 1, tzinfo=timezone.utc), "is not a git commit id"),  # too short
+    ("eed52ebb66ad", datetime(2026, 1, 1), "needs a time zone"),  # naive: the UTC timestamp would be a guess
 ])
-def test_pseudo_version_rejects(commit: str, when: datetime) -> None:
-    with pytest.raises(ValueError, match="commit id|time zone"):
+def test_pseudo_version_rejects(commit: str, when: datetime, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         pseudo_version(commit, when)
 
 
@@ -100,6 +101,16 @@ def test_resolve_by_name_pseudo_version_commit_minor_and_env(monkeypatch: pytest
     assert resolve("1.30.3").version == "1.30.3"  # the argument wins over the environment
     with pytest.raises(UnknownVersion, match=r"unknown Istio version '1\.99'; known: 1\.31-eed52ebb66ad, "):
         resolve("1.99")
+
+
+def test_a_minor_prefers_what_builds_here_over_what_is_newer(monkeypatch: pytest.MonkeyPatch) -> None:
+    older = dataclasses.replace(DEFAULT, version="1.40.1", commit="a" * 12, committed="2027-01-01T00:00:00Z")
+    newer = dataclasses.replace(older, version="1.40.2", commit="b" * 12, committed="2027-02-01T00:00:00Z",
+                                verified=False, note="not served")
+    monkeypatch.setattr(istiobuild, "RELEASES", (newer, older))
+    assert resolve("1.40") is older
+    monkeypatch.setattr(istiobuild, "RELEASES", (newer, dataclasses.replace(older, verified=False, note="x")))
+    assert resolve("1.40").version == "1.40.2"  # none builds here: the newest
 
 
 def test_list_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -326,6 +337,7 @@ def test_go_too_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bin_dir = fake_go(tmp_path, 'if [ "$1 $2" = "env GOVERSION" ]; then echo go1.21.4; else exit 99; fi')
     code, out, err = rebuild_with_path(tmp_path, monkeypatch, str(bin_dir))
     assert code == 4
+    assert out == ""  # refused before announcing a build
     assert err.startswith(f"error: {bin_dir / 'go'} is Go 1.21.4, too old: Istio {DEFAULT_VERSION} and Kubernetes "
                           "v1.36.3 need Go >= 1.26.0 (their go.mod).")
     assert "GOTOOLCHAIN=go1.26.0 pytest-istio-mtls build-istio" in err
