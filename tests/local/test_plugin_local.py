@@ -96,8 +96,11 @@ def test_junit_and_last_failed(pytester: pytest.Pytester) -> None:
 
 
 def snapshot() -> set[str]:
-    netns = {f"netns:{n}" for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])}
-    etc = {f"etc:{n}" for n in (os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [])}
+    """What local runs own (names carry the imtls- prefix): other programs' namespaces are not ours to count."""
+    netns = {f"netns:{n}" for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
+             if n.startswith("imtls-")}
+    etc = {f"etc:{n}" for n in (os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else [])
+           if n.startswith("imtls-")}
     state_root = Path("/run/pytest-istio-mtls")
     state = {f"state:{p.name}" for p in state_root.iterdir()} if state_root.is_dir() else set()
     processes = set()
