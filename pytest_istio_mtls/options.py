@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 BACKENDS = ("kind", "existing", "local")
+CONTROL_PLANES = ("istiod", "emulated")
 KEEP = ("never", "on-failure", "always")
 
 
@@ -42,6 +43,11 @@ OPTIONS: tuple[Option, ...] = (
            "where probes run: kind (create a kind cluster with real Istio), existing (a cluster from a "
            "kubeconfig that runs Istio), local (real Envoy sidecars in Linux network namespaces; needs root)",
            default="kind", choices=BACKENDS),
+    Option("--istio-control-plane", "istio_control_plane",
+           "local backend: istiod (real istiod, kube-apiserver and pilot-agent built by `pytest-istio-mtls "
+           "build-istio` configure the Envoy sidecars) or emulated (the sidecars' configuration is derived from "
+           "this plugin's model of Istio: faster, but it can only confirm that model)",
+           default="istiod", choices=CONTROL_PLANES),
     Option("--istio-report", "istio_report",
            "write report.json, report.md and report.html into DIR", metavar="DIR"),
     Option("--istio-keep", "istio_keep",
@@ -98,6 +104,7 @@ class Settings:
     scenarios: tuple[Path, ...] | None = None  # None: scenario collection is off
     scenarios_defaulted: bool = False  # no PATH given: <rootdir>/scenarios (or ini) was used
     backend: str = "kind"
+    control_plane: str = "istiod"
     report: Path | None = None
     keep: str = "never"
     istio_version: str = "latest"
@@ -193,15 +200,26 @@ def resolve(config: pytest.Config) -> Settings:
                 raise pytest.UsageError(f"{where} only applies to --istio-backend=existing (the backend is "
                                         f"{backend})")
     if backend == "local":
-        for dest in ("istio_version", "istio_revision", "istio_hub", "istio_images"):
+        for dest in ("istio_revision", "istio_hub", "istio_images"):
             value, where = values[dest]
             if value and value != BY_DEST[dest].default and not where.startswith("ini"):
-                raise pytest.UsageError(f"{where} does not apply to --istio-backend=local (it runs Envoy, not Istio)")
+                raise pytest.UsageError(f"{where} does not apply to --istio-backend=local (no images, no cluster)")
+        value, where = values["istio_version"]
+        if value and value != "latest" and values["istio_control_plane"][0] != "istiod" and \
+                not where.startswith("ini"):
+            raise pytest.UsageError(f"{where} needs --istio-control-plane=istiod (the emulated control plane runs "
+                                    "no Istio)")
+    else:
+        value, where = values["istio_control_plane"]
+        if value != "istiod" and not where.startswith("ini"):
+            raise pytest.UsageError(f"{where} only applies to --istio-backend=local (the {backend} backend always "
+                                    "runs real istiod)")
     report = values["istio_report"][0]
     return Settings(
         scenarios=scenarios,
         scenarios_defaulted=scenarios is not None and not raw_paths,
         backend=str(backend),
+        control_plane=str(values["istio_control_plane"][0]),
         report=Path(config.invocation_params.dir, report) if report else None,
         keep=str(values["istio_keep"][0]),
         istio_version=str(values["istio_version"][0] or "latest"),

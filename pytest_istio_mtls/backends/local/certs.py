@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(hours=1)
+# The root outlives every leaf istiod signs with it (24 h by default) and a kept run's inspection.
+ROOT_VALIDITY = dt.timedelta(days=7)
 
 
 class CertificateAuthority:
@@ -30,7 +32,7 @@ class CertificateAuthority:
             x509.CertificateBuilder()
             .subject_name(name).issuer_name(name).public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + ROOT_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -68,3 +70,16 @@ class CertificateAuthority:
                                                serialization.NoEncryption()))
         os.chown(key_path, owner_uid, owner_uid)
         return cert_path, key_path
+
+    def plug_into(self, directory: Path) -> Path:
+        """Write this CA as istiod's plugged-in CA (``ROOT_CA_DIR``): istiod then signs workload certificates
+        with it, so the run knows the root every identity chains to. The root signs directly here."""
+        directory.mkdir(parents=True, exist_ok=True)
+        pem = self._cert.public_bytes(serialization.Encoding.PEM)
+        for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
+            (directory / name).write_bytes(pem)
+        key_path = directory / "ca-key.pem"
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+        return directory

@@ -139,12 +139,13 @@ def tcp(netns: str, address: tuple[str, int], marker: str, timeout: float) -> Re
     return response
 
 
-def admin(netns: str, path: str, timeout: float = 2.0) -> str:
-    """GET an Envoy admin path inside ``netns``; raises OSError when the proxy does not answer."""
+def admin(netns: str, path: str, timeout: float = 2.0, address: tuple[str, int] = ("127.0.0.1", 15000)) -> str:
+    """GET a plaintext HTTP path inside ``netns`` (Envoy's admin by default, istiod's debug port too);
+    raises OSError when nothing answers 200."""
     sock = netns_socket(netns)
     sock.settimeout(timeout)
     try:
-        sock.connect(("127.0.0.1", 15000))
+        sock.connect(address)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(262144):

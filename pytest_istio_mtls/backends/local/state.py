@@ -105,10 +105,11 @@ def stop_processes(pids: list[int], run_id: str, grace: float = 2.0) -> None:
 def tagged_processes(run_id: str) -> list[int]:
     """Processes whose command line carries the run's tag, recorded or not (a Ctrl-C can land between
     starting a process and writing its pid down)."""
-    tag = f"{PREFIX}-{run_id}"
+    # The tag, or a path inside the run's directory (Envoys that pilot-agent starts carry only their config path).
+    tags = (f"{PREFIX}-{run_id}", f"{STATE_ROOT / run_id}/")
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and tag in cmdline(int(entry)):
+        if entry.isdigit() and int(entry) != os.getpid() and any(t in cmdline(int(entry)) for t in tags):
             pids.append(int(entry))
     return pids
 

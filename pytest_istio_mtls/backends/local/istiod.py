@@ -1,0 +1,250 @@
+"""The local backend with real Istio as the judge: istiod configures the sidecars, not our model.
+
+``IstiodMesh`` is what the local backend calls when ``--istio-control-plane=istiod``: it starts the
+control plane (``controlplane.py``), registers the topology with the API server as a kubelet would
+(``kubelet.py``), prepares each pod's pilot-agent (``agent.py``), and applies scenario policies with
+the same client and the same oldest-wins ordering as the kind and existing backends.
+
+A policy is in force when each sidecar's own configuration proves it was generated after istiod
+held the policy: first istiod's config store must show every applied object at the resourceVersion
+the API server gave it (and none that was removed); then a generation marker (an EnvoyFilter that
+stamps the sidecars' virtualOutbound listener) is bumped, and every sidecar must serve a listener
+with that stamp, nothing warming and nothing rejected. A push is built from the whole config store,
+so a sidecar serving generation N was configured from a store that already held the scenario.
+No sleep, and nothing here consults the oracle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...istiobuild import IstioBuild
+from ...model import MeshSettings, Scenario, Topology, Workload
+from ..base import BackendError
+from ..kube.apply import Applied, Applier
+from ..kube.client import Kube
+from ..kube.manifests import fresh_connection_filters
+from ..kube.naming import Naming
+from . import agent, kubelet, prober
+from .controlplane import NODE, ControlPlane, Spawn
+
+MARKER = "pytest-istio-mtls-generation"
+MARKER_KEY = "istio-mtls.pytest.io"
+LISTENERS = "/config_dump?resource=dynamic_listeners"
+XDS_STATS = ("/stats?filter=" + "%5E%28listener_manager%5C.lds%5C.update_rejected%7Ccluster_manager%5C.cds%5C."
+             "update_rejected%7Clistener_manager%5C.total_listeners_warming%7Ccluster_manager%5C.warming_clusters%29%24")
+
+
+def marker(root_namespace: str, generation: int) -> dict[str, Any]:
+    """An EnvoyFilter in the root namespace (so it selects every sidecar) stamping virtualOutbound."""
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+        "metadata": {"name": MARKER, "namespace": root_namespace},
+        "spec": {"configPatches": [{
+            "applyTo": "LISTENER",
+            "match": {"context": "SIDECAR_OUTBOUND", "listener": {"name": "virtualOutbound"}},
+            "patch": {"operation": "MERGE", "value": {"metadata": {"filter_metadata": {
+                MARKER_KEY: {"generation": str(generation)}}}}},
+        }]},
+    }
+
+
+def served_generation(dump: dict[str, Any]) -> str:
+    """The marker generation of the virtualOutbound listener a sidecar serves ('' if none)."""
+    for entry in dump.get("configs") or []:
+        for item in entry.get("dynamic_listeners") or [entry]:  # a full dump, or ?resource=dynamic_listeners
+            listener = (item.get("active_state") or {}).get("listener") or {}
+            if listener.get("name") == "virtualOutbound":
+                meta = ((listener.get("metadata") or {}).get("filter_metadata") or {}).get(MARKER_KEY) or {}
+                return str(meta.get("generation") or "")
+    return ""
+
+
+class IstiodMesh:
+    def __init__(self, build: IstioBuild, directory: Path, hub: str, hub_ip: str, spawn: Spawn,
+                 progress: Callable[[str], None], timeout: float) -> None:
+        self.build = build
+        self.hub_ip = hub_ip
+        self.progress = progress
+        self.timeout = timeout
+        self.control = ControlPlane(build, directory, hub, hub_ip, spawn, progress, timeout)
+        self.kube: Kube | None = None
+        self.applier: Applier | None = None
+        self.mesh: MeshSettings | None = None
+        self.generation = 0
+        self.registered: list[tuple[str, str, str, str]] = []  # (apiVersion, kind, namespace, name)
+        self.pilot_agent = ""
+        self.envoy = ""
+        self.root_cert = b""
+
+    # -- control plane -----------------------------------------------------------------------------------
+
+    def start(self, mesh: MeshSettings, ca_directory: Path, envoy_path: str) -> None:
+        self.kube = self.control.start(mesh, ca_directory)
+        self.applier = Applier(self.kube, self.progress)
+        self.mesh = mesh
+        self.pilot_agent = agent.executable_copy(self.build.pilot_agent)
+        self.envoy = agent.executable_copy(envoy_path)
+        self.root_cert = (ca_directory / "root-cert.pem").read_bytes()
+
+    def versions(self) -> dict[str, str]:
+        return {"control_plane": "istiod", "istiod": self.build.version,
+                "kubernetes": self.control.kubernetes_version, "etcd": self.build.etcd_version}
+
+    def ensure_mesh(self, mesh: MeshSettings) -> None:
+        if mesh != self.mesh:
+            if self.mesh is not None and mesh.trust_domain != self.mesh.trust_domain:
+                raise BackendError(f"this scenario's trust domain {mesh.trust_domain} differs from the running "
+                                   f"local istiod's ({self.mesh.trust_domain}): the workload certificates would "
+                                   "all change; run it in a session of its own")
+            self.control.set_mesh(mesh)
+            self.mesh = mesh
+
+    # -- topology ----------------------------------------------------------------------------------------
+
+    def _apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        assert self.kube is not None
+        result = self.kube.apply(obj)
+        meta = obj["metadata"]
+        key = (str(obj["apiVersion"]), str(obj["kind"]), str(meta.get("namespace") or ""), str(meta["name"]))
+        if key not in self.registered:
+            self.registered.append(key)
+        return result
+
+    def register_services(self, topology: Topology) -> dict[str, str]:
+        """Namespaces, ServiceAccounts and Services; returns workload ref → allocated ClusterIP."""
+        for obj in kubelet.namespaces(topology):
+            self._apply(obj)
+        addresses = {}
+        naming = Naming(None)
+        from ..kube.manifests import service
+
+        for workload in topology.workloads:
+            if workload.ports:
+                created = self._apply(service(workload, naming))
+                addresses[workload.ref] = str((created.get("spec") or {}).get("clusterIP") or "")
+        for obj in fresh_connection_filters(topology, naming):
+            self._apply(obj)
+        return addresses
+
+    def register_pods(self, pods: Iterable[tuple[Workload, str]]) -> None:
+        """Pods reported Running and Ready at their netns address, and their Services' EndpointSlices."""
+        assert self.kube is not None
+        started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for workload, ip in pods:
+            self._apply(kubelet.pod(workload, NODE))
+            self.kube.patch_pod_status(workload.namespace, workload.name, kubelet.pod_status(ip, self.hub_ip, started))
+            if workload.ports:
+                self._apply(kubelet.endpoint_slice(workload, ip, NODE))
+
+    def unregister(self) -> None:
+        """Delete the topology's objects (newest first); Namespaces stay, as nothing would finalize them."""
+        assert self.kube is not None
+        for api_version, kind, namespace, name in reversed(self.registered):
+            if kind != "Namespace":
+                self.kube.delete(api_version, kind, namespace or None, name)
+        self.registered = [r for r in self.registered if r[1] == "Namespace"]
+
+    def sidecar(self, workload: Workload, ip: str, directory: Path) -> tuple[list[str], dict[str, str]]:
+        """Prepare the pod's istio-proxy files; returns pilot-agent's command and environment."""
+        assert self.kube is not None and self.mesh is not None
+        token = self.kube.token(workload.namespace, workload.service_account, "istio-ca", 43200)
+        agent.prepare(directory, workload, kubelet.pod_labels(workload), token, self.root_cert,
+                      self.build.bootstrap_template)
+        env = agent.environment(directory, workload, ip, self.hub_ip, self.envoy, self.mesh.trust_domain, NODE)
+        return agent.command(self.pilot_agent, workload), env
+
+    # -- policies ----------------------------------------------------------------------------------------
+
+    def apply(self, scenario: Scenario) -> dict[str, str]:
+        """Replace the policies in force by the scenario's; returns ref → resourceVersion of what is applied."""
+        assert self.kube is not None and self.applier is not None
+        removed = self.applier.delete_all()
+        self.applier.wait_gone(removed, self.timeout)
+        self.applier.apply([(p, dict(p.manifest)) for p in scenario.policies])
+        versions: dict[str, str] = {}
+        for item in self.applier.applied:
+            current = self.kube.get(item.api_version, item.kind, item.namespace or None, item.name) or {}
+            versions[item.ref] = str((current.get("metadata") or {}).get("resourceVersion") or "")
+        self._wait_istiod_holds(self.applier.applied, versions, removed)
+        return versions
+
+    def _wait_istiod_holds(self, applied: Sequence[Applied], versions: dict[str, str],
+                           removed: Sequence[Applied]) -> None:
+        deadline = time.monotonic() + self.timeout
+        pending: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                held = self.control.configz()
+            except (OSError, ValueError) as exc:
+                pending = [f"istiod's config store cannot be read ({exc})"]
+            else:
+                pending = [f"{a.ref} at resourceVersion {versions[a.ref]} (istiod has "
+                           f"{held.get((a.kind, a.namespace, a.name)) or 'none'})" for a in applied
+                           if held.get((a.kind, a.namespace, a.name)) != versions[a.ref]]
+                pending += [f"{r.ref} still held after its deletion" for r in removed
+                            if (r.kind, r.namespace, r.name) in held and r.ref not in versions]
+                if not pending:
+                    return
+            time.sleep(0.05)
+        raise BackendError(f"istiod did not pick up the scenario's policies within {self.timeout:.0f}s: "
+                           + "; ".join(pending))
+
+    def confirm(self, sidecars: Sequence[tuple[str, str, Callable[[], str]]]) -> None:
+        """Bump the marker and wait until every sidecar serves it. ``sidecars``: (ref, netns, log tail)."""
+        assert self.mesh is not None
+        self.generation += 1
+        self._apply(marker(self.mesh.root_namespace, self.generation))
+        wanted = str(self.generation)
+        deadline = time.monotonic() + self.timeout
+        pending: dict[str, str] = {}
+        while True:
+            pending.clear()
+            for ref, netns, tail in sidecars:
+                try:
+                    values = dict(line.split(": ", 1) for line in prober.admin(netns, XDS_STATS).splitlines()
+                                  if ": " in line)
+                    served = served_generation(json.loads(prober.admin(netns, LISTENERS, 5.0) or "{}"))
+                except (OSError, ValueError) as exc:
+                    pending[ref] = f"Envoy admin not answering ({exc})"
+                    continue
+                rejected = int(values.get("listener_manager.lds.update_rejected", "0")) + int(
+                    values.get("cluster_manager.cds.update_rejected", "0"))
+                if rejected:
+                    raise BackendError(f"the sidecar of {ref} rejected configuration from istiod (a NACK): "
+                                       f"{self._nack(ref) or tail()}")
+                if served != wanted:
+                    pending[ref] = f"serves generation {served or 'none'}, want {wanted}"
+                elif values.get("listener_manager.total_listeners_warming", "0") != "0" or values.get(
+                        "cluster_manager.warming_clusters", "0") != "0":
+                    pending[ref] = "listeners or clusters still warming"
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise BackendError(f"timed out after {self.timeout:.0f} s waiting for istiod's configuration on "
+                                   "every sidecar: " + "; ".join(f"{k}: {v}" for k, v in pending.items()))
+            time.sleep(0.02)
+
+    def _nack(self, ref: str) -> str:
+        """istiod's record of what the proxy rejected (syncz LastError per resource type)."""
+        name, _, namespace = ref.partition(".")
+        try:
+            statuses = self.control.syncz()
+        except (OSError, ValueError):
+            return ""
+        for status in statuses:
+            if str(status.get("proxy") or status.get("proxy_id") or status.get("ProxyID") or "").startswith(
+                    f"{name}.{namespace}"):
+                errors = [f"{kind.rsplit('.', 1)[-1]}: {res.get('last_error') or res.get('LastError')}"
+                          for kind, res in (status.get("resources") or status.get("Resources") or {}).items()
+                          if res.get("last_error") or res.get("LastError")]
+                return "; ".join(errors)
+        return ""
+
+    def stop(self) -> None:
+        self.control.stop()
