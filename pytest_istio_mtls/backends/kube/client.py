@@ -302,14 +302,18 @@ class Kube:
                               label_selector=label_selector)
         return list(self._dict(data).get("items") or [])
 
-    def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+               grace_period_seconds: int | None = None) -> bool:
+        """``grace_period_seconds=0``: gone at once, as a kubelet confirms a pod's end (the local control
+        plane has no kubelet; a scheduled pod would otherwise stay terminating)."""
         what = f"delete {kind} {namespace + '/' if namespace else ''}{name}"
         try:
             builtin = self._builtin(kind)
             if builtin is not None:
                 api, suffix, namespaced = builtin
                 args = (name, namespace) if namespaced else (name,)
-                self._call(what, getattr(api, f"delete_{suffix}"), *args, propagation_policy="Background")
+                extra = {} if grace_period_seconds is None else {"grace_period_seconds": grace_period_seconds}
+                self._call(what, getattr(api, f"delete_{suffix}"), *args, propagation_policy="Background", **extra)
                 return True
             group, version, plural = self._custom(api_version, kind)
             if namespace:

@@ -278,7 +278,8 @@ class ControlPlane:
     def set_mesh(self, mesh: MeshSettings) -> None:
         """Change the scenario-controlled meshConfig live, as a ConfigMap edit would; wait until istiod uses it."""
         self._write_mesh(mesh)
-        wanted = {k: v for k, v in mesh_config(mesh, self.hub_ip).items() if k in ("enableAutoMtls", "rootNamespace", "trustDomain")}
+        keys = ("enableAutoMtls", "rootNamespace", "trustDomain")
+        wanted = {k: v for k, v in mesh_config(mesh, self.hub_ip).items() if k in keys}
 
         def applied() -> str:
             try:

@@ -147,7 +147,7 @@ class IstiodMesh:
         assert self.kube is not None
         for api_version, kind, namespace, name in reversed(self.registered):
             if kind != "Namespace":
-                self.kube.delete(api_version, kind, namespace or None, name)
+                self.kube.delete(api_version, kind, namespace or None, name, grace_period_seconds=0)
         self.registered = [r for r in self.registered if r[1] == "Namespace"]
 
     def sidecar(self, workload: Workload, ip: str, directory: Path) -> tuple[list[str], dict[str, str]]:
