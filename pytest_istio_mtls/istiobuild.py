@@ -12,6 +12,7 @@ or older than Istio's or Kubernetes' go.mod needs; 5 etcd is not available.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -267,10 +268,25 @@ def find_build(version: str | None = None, cache_dir: str | Path | None = None, 
     ``verify=True`` also checks every sha256 (about a second). Raises UnknownVersion.
     """
     release = resolve(version)
-    directory = build_dir(release, cache_dir)
-    if check_manifest(directory, release, hashes=verify) is not None:
-        return None
-    return IstioBuild.load(directory)
+    roots = [cache_root(cache_dir)] if cache_dir or os.environ.get(ENV_CACHE_DIR) else _default_roots()
+    for root in roots:
+        directory = root / "istio" / release.version
+        if check_manifest(directory, release, hashes=verify) is None:
+            return IstioBuild.load(directory)
+    return None
+
+
+def _default_roots() -> list[Path]:
+    """Where a build made without --cache-dir may be: this HOME's cache, the account's real home (HOME can be
+    a test's temporary one), and, under sudo, the invoking user's (who built it without sudo)."""
+    import pwd
+
+    homes = [pwd.getpwuid(os.getuid()).pw_dir]
+    if os.environ.get("SUDO_USER"):
+        with contextlib.suppress(KeyError):
+            homes.append(pwd.getpwnam(os.environ["SUDO_USER"]).pw_dir)
+    roots = [cache_root()] + [Path(h) / ".cache" / "pytest-istio-mtls" for h in homes]
+    return list(dict.fromkeys(roots))
 
 
 # --- Go ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from . import agent, envoy, prober
 from .capture import PacketCapture, save, to_pcap
 from .certs import CertificateAuthority
 from .istiod import IstiodMesh
-from .state import PREFIX, RunState, kept_runs, new_run, stop_processes, sweep, teardown
+from .state import PREFIX, RunState, kept_runs, new_run, processes_mentioning, stop_processes, sweep, teardown
 from .system import envoy_binary, iptables_backend, require_privileges, require_tools, run
 
 BRIDGE_IP = "10.244.0.1"
@@ -340,6 +341,8 @@ class LocalBackend:
     def _start_agent(self, pod: Pod) -> None:
         """The real istio-proxy: pilot-agent (as uid 1337) gets its certificate and config from istiod."""
         assert self.istiod is not None and self.state is not None
+        # A fresh istio-proxy filesystem: a leftover SDS socket would make the agent use it instead of its own.
+        shutil.rmtree(pod.directory / "proxy", ignore_errors=True)
         args, env = self.istiod.sidecar(pod.workload, pod.ip, pod.directory / "proxy")
         log = pod.directory / "envoy.log"
         log.touch()
@@ -414,7 +417,9 @@ class LocalBackend:
         if not self.pods or self.state is None:
             return
         pids = [p for pod in self.pods.values() for p in (pod.envoy, pod.app) if p is not None]
-        stop_processes([p.pid for p in pids], self.state.run_id)
+        orphans = [pid for pod in self.pods.values() if pod.agent_log is not None
+                   for pid in processes_mentioning(f"{pod.directory / 'proxy'}/")]
+        stop_processes([p.pid for p in pids] + orphans, self.state.run_id)
         if self.istiod is not None:
             self.istiod.unregister()
         if self.capture is not None:
@@ -503,7 +508,8 @@ class LocalBackend:
 
     def _confirm_istiod(self) -> None:
         assert self.istiod is not None
-        sidecars = [(p.ref, p.netns, self._log_tail(p)) for p in self.pods.values() if p.envoy is not None]
+        sidecars = [(p.ref, p.netns, p.envoy.poll, self._log_tail(p)) for p in self.pods.values()
+                    if p.envoy is not None]
         self.istiod.confirm(sidecars)
 
     def _log_tail(self, pod: Pod) -> Callable[[], str]:

@@ -195,8 +195,12 @@ class IstiodMesh:
         raise BackendError(f"istiod did not pick up the scenario's policies within {self.timeout:.0f}s: "
                            + "; ".join(pending))
 
-    def confirm(self, sidecars: Sequence[tuple[str, str, Callable[[], str]]]) -> None:
-        """Bump the marker and wait until every sidecar serves it. ``sidecars``: (ref, netns, log tail)."""
+    def confirm(self, sidecars: Sequence[tuple[str, str, Callable[[], int | None], Callable[[], str]]]) -> None:
+        """Bump the marker and wait until every sidecar serves it.
+
+        ``sidecars``: (ref, netns, the agent's exit code or None while it runs, its log tail). A dead agent
+        fails at once: its orphaned Envoy may still answer, but that pod's sidecar is gone.
+        """
         assert self.mesh is not None
         self.generation += 1
         self._apply(marker(self.mesh.root_namespace, self.generation))
@@ -205,7 +209,10 @@ class IstiodMesh:
         pending: dict[str, str] = {}
         while True:
             pending.clear()
-            for ref, netns, tail in sidecars:
+            for ref, netns, exited, tail in sidecars:
+                code = exited()
+                if code is not None:
+                    raise BackendError(f"the sidecar of {ref} is not running (pilot-agent exit {code}): {tail()}")
                 try:
                     values = dict(line.split(": ", 1) for line in prober.admin(netns, XDS_STATS).splitlines()
                                   if ": " in line)

@@ -114,6 +114,12 @@ def tagged_processes(run_id: str) -> list[int]:
     return pids
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (e.g. an Envoy whose pilot-agent was killed: it names
+    its pod's config directory, and nothing else records it)."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid() and text in cmdline(int(e))]
+
+
 def teardown(state: RunState) -> list[str]:
     """Remove everything the run recorded, in reverse order of creation; return what could not go."""
     problems: list[str] = []
