@@ -40,10 +40,15 @@ def _local_prerequisites() -> None:
         pytest.skip(reason)
 
 
+# Which control plane configures the sidecars: real istiod (the default, as for users) or the emulation.
+# .ci/run runs this suite once per control plane; pytester runs below inherit the choice through the env.
+CONTROL_PLANE = os.environ.get("ISTIO_MTLS_CONTROL_PLANE", "istiod")
+
+
 @pytest.fixture(scope="session")
 def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
-    backend = LocalBackend(Settings(backend="local", timeout=30, report=tmp_path_factory.mktemp("report")),
-                           progress=lambda message: None)
+    backend = LocalBackend(Settings(backend="local", control_plane=CONTROL_PLANE, timeout=30,
+                                    report=tmp_path_factory.mktemp("report")), progress=lambda message: None)
     backend.start()
     yield backend
     backend.stop(keep=False)

@@ -17,6 +17,7 @@ from pytest_istio_mtls.backends.local.backend import ECHO_SCRIPT
 from pytest_istio_mtls.observation import Probe
 from pytest_istio_mtls.verdict import decide
 
+from .conftest import CONTROL_PLANE
 from .lab import FOO_BAR_LEGACY, Lab, Probed
 from .lab import STRICT_FOO as STRICT_FOO_POLICIES
 
@@ -136,7 +137,8 @@ def test_hung_app_times_out_as_an_error(lab: Lab) -> None:
 
 @pytest.mark.parametrize("kind", ["AuthorizationPolicy", "EnvoyFilter"])
 def test_unsupported_policies_are_refused_plainly(lab: Lab, kind: str) -> None:
-    """Policies the local emulation cannot reproduce faithfully stop the scenario with one sentence."""
+    """Policies the local emulation cannot reproduce faithfully stop the scenario with one sentence; real
+    istiod applies them (an ALLOW policy with no rules allows nothing; an EnvoyFilter with no patch does nothing)."""
     group = "security.istio.io/v1" if kind == "AuthorizationPolicy" else "networking.istio.io/v1alpha3"
     scenario = lab.load(FOO_BAR_LEGACY + f"""
 policies: |
@@ -146,5 +148,9 @@ policies: |
 expect:
   - {{from: curl.foo, to: "httpbin.foo:8000", result: mtls}}
 """)
+    if CONTROL_PLANE == "istiod":
+        probed = lab.run(scenario)["curl.foo->httpbin.foo:8000"]
+        assert probed.result == ("denied" if kind == "AuthorizationPolicy" else "mtls"), probed.verdict.error
+        return
     with pytest.raises(BackendError, match=f"{kind} foo/x is not supported by the local backend yet"):
         lab.run(scenario)

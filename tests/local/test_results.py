@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from pytest_istio_mtls import semantics
 from pytest_istio_mtls.backends.local import prober
 
+from .conftest import CONTROL_PLANE
 from .lab import FOO_BAR_LEGACY, STRICT_FOO, Lab
 
 EVERY_CLASS = FOO_BAR_LEGACY + STRICT_FOO + """  ---
@@ -72,9 +74,25 @@ def test_denied_needs_the_proxys_rbac_denial(lab: Lab) -> None:
     scenario = lab.load(FOO_BAR_LEGACY + "expect:\n  - {from: curl.bar, to: 'httpbin.foo:8000', result: denied}\n")
     backend = lab.backend
     backend.signature = None
+    if CONTROL_PLANE == "istiod":  # Istio's own RBAC translation: only curl.foo may call httpbin.foo
+        scenario = lab.load(FOO_BAR_LEGACY + """
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: only-curl-foo, namespace: foo}
+  spec:
+    selector: {matchLabels: {app: httpbin}}
+    action: ALLOW
+    rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/curl]}}]}]
+expect:
+  - {from: curl.bar, to: 'httpbin.foo:8000', result: denied}
+""")
     backend.deploy(scenario.topology, scenario.mesh)
     backend.apply(scenario)
-    # The local backend does not translate AuthorizationPolicy yet: put Envoy's RBAC filter in place by hand.
+    if CONTROL_PLANE == "istiod":
+        _assert_denied(backend, scenario)
+        return
+    # The emulated control plane does not translate AuthorizationPolicy: put Envoy's RBAC filter in by hand.
     server = backend.pods["httpbin.foo"]
     assert server.files is not None
     document = json.loads(server.files.lds.read_text())
@@ -94,16 +112,20 @@ def test_denied_needs_the_proxys_rbac_denial(lab: Lab) -> None:
     temporary.replace(server.files.lds)
     server.versions["lds"] = document["version_info"]
     backend._wait_config()
-    probe = scenario.expectations[0]
+    _assert_denied(backend, scenario)
+    backend.signature = None  # leave no hand-made config behind for other tests
+
+
+def _assert_denied(backend: Any, scenario: Any) -> None:
     from pytest_istio_mtls.observation import Probe
     from pytest_istio_mtls.verdict import decide
 
+    probe = scenario.expectations[0]
     observation = backend.probe([Probe(probe.source, probe.target, probe.port)])[0]
     verdict = decide(observation)
     assert observation.status == 403
     assert verdict.result is not None and verdict.result.value == "denied", verdict.error
     assert any("rbac.denied +1" in line for line in verdict.because)
-    backend.signature = None  # leave no hand-made config behind for other tests
 
 
 def test_policy_switch_is_in_force_when_apply_returns(lab: Lab) -> None:
