@@ -211,7 +211,7 @@ def resolve(config: pytest.Config) -> Settings:
                                     "no Istio)")
     else:
         value, where = values["istio_control_plane"]
-        if value != "istiod" and not where.startswith("ini"):
+        if value != "istiod" and where == BY_DEST["istio_control_plane"].flag:  # an env twin may serve other runs
             raise pytest.UsageError(f"{where} only applies to --istio-backend=local (the {backend} backend always "
                                     "runs real istiod)")
     report = values["istio_report"][0]
