@@ -25,7 +25,9 @@ OBJECTS: dict[str, tuple[str, dict[str, Any]]] = {
     "Service": ("v1", {"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}],
                                 "selector": {"app": "contract"}}}),
     "ConfigMap": ("v1", {"data": {"key": "value"}}),
-    "Pod": ("v1", {"spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}),
+    # The ServiceAccount admission plugin wants the pod's account to exist: drive() creates it first.
+    "Pod": ("v1", {"spec": {"serviceAccountName": "contract-serviceaccount", "automountServiceAccountToken": False,
+                            "containers": [{"name": "app", "image": "example.invalid/app:1"}]}}),
     "Event": ("v1", {"involvedObject": {"kind": "Pod", "namespace": NAMESPACE, "name": "contract-pod"},
                      "reason": "Contract", "message": "a contract event", "type": "Normal"}),
     "Deployment": ("apps/v1", {"spec": {
@@ -94,6 +96,8 @@ def drive(kube: Kube, kind: str) -> None:
     namespace = obj["metadata"].get("namespace")
     if namespace:
         kube.apply(manifest("Namespace"))
+    if kind == "Pod":
+        kube.apply(manifest("ServiceAccount"))
     created = kube.apply(obj)
     assert created["metadata"]["name"] == name and created["metadata"].get("uid"), created
     again = kube.apply(obj)

@@ -6,6 +6,7 @@ are skipped on a workstation, but they FAIL in CI (CI=true): the data path must 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -19,6 +20,10 @@ from pytest_istio_mtls.backends.local.system import envoy_binary, require_privil
 from pytest_istio_mtls.options import Settings
 
 from .lab import Lab
+
+# Which control plane configures the sidecars: real istiod (the default, as for users) or the emulation.
+# .ci/run runs this suite once per control plane; pytester runs below inherit the choice through the env.
+CONTROL_PLANE = os.environ.get("ISTIO_MTLS_CONTROL_PLANE", "istiod")
 
 
 def prerequisites_missing() -> str:
@@ -40,9 +45,24 @@ def _local_prerequisites() -> None:
         pytest.skip(reason)
 
 
-# Which control plane configures the sidecars: real istiod (the default, as for users) or the emulation.
-# .ci/run runs this suite once per control plane; pytester runs below inherit the choice through the env.
-CONTROL_PLANE = os.environ.get("ISTIO_MTLS_CONTROL_PLANE", "istiod")
+@pytest.fixture(scope="session", autouse=True)
+def _istio_build(_local_prerequisites: None, pytestconfig: pytest.Config) -> None:
+    """`python -m pytest` on a fresh checkout builds real Istio once (shown as it goes), like build-istio."""
+    if CONTROL_PLANE != "istiod":
+        return
+    from pytest_istio_mtls import istiobuild
+
+    if istiobuild.find_build() is not None:
+        return
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print("\n[tests/local] no Istio build yet: building it once with `pytest-istio-mtls build-istio`", flush=True)
+        code = istiobuild.run_cli(None)
+    if code != 0:
+        message = f"tests/local runs real istiod and `pytest-istio-mtls build-istio` failed (exit {code})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + "; or run them with ISTIO_MTLS_CONTROL_PLANE=emulated")
 
 
 @pytest.fixture(scope="session")
