@@ -98,7 +98,8 @@ def leftovers() -> Callable[[str], list[str]]:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if f"imtls-{run_id}" in command:
+            # Tagged processes, and those naming the run's directory (etcd, kube-apiserver, istiod, Envoys).
+            if f"imtls-{run_id}" in command or f"/run/pytest-istio-mtls/{run_id}/" in command:
                 found.append(f"process {pid}: {command[:80]}")
         state = Path("/run/pytest-istio-mtls", run_id)
         if state.exists():

@@ -109,7 +109,7 @@ def snapshot() -> set[str]:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"imtls-" in command:
+        if b"imtls-" in command or b"/run/pytest-istio-mtls/" in command:  # control plane and Envoys too
             processes.add(f"process:{pid}")
     return netns | etc | state | processes
 
