@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import select
@@ -154,3 +155,29 @@ expect:
         return
     with pytest.raises(BackendError, match=f"{kind} foo/x is not supported by the local backend yet"):
         lab.run(scenario)
+
+
+@pytest.mark.skipif(CONTROL_PLANE != "istiod", reason="a NACK needs a control plane that sends configuration")
+def test_a_nacked_configuration_is_a_setup_error_naming_it(lab: Lab) -> None:
+    """Upstream Envoy has none of istio-proxy's own filters: configuration that names one (here Istio's ALPN
+    filter, which the local istiod is told to leave out) is rejected, and that stops the scenario at once."""
+    scenario = lab.load(FOO_BAR_LEGACY + """
+policies: |
+  apiVersion: networking.istio.io/v1alpha3
+  kind: EnvoyFilter
+  metadata: {name: istio-only-filter, namespace: foo}
+  spec:
+    configPatches:
+    - applyTo: HTTP_FILTER
+      match: {context: SIDECAR_INBOUND, listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}}
+      patch:
+        operation: INSERT_FIRST
+        value:
+          name: istio.alpn
+          typed_config: {"@type": type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig}
+expect:
+  - {from: curl.foo, to: "httpbin.foo:8000", result: mtls}
+""")
+    with pytest.raises(BackendError, match=r"the sidecar of httpbin\.foo rejected configuration from istiod \(a NACK\)"):
+        lab.run(scenario, fresh=True)
+    lab.backend.apply(dataclasses.replace(scenario, policies=()))  # the same sidecars take good config again

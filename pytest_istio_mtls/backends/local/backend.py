@@ -244,6 +244,12 @@ class LocalBackend:
         if sidecar is not None and server is not None:
             port = server.workload.ports[0].port
             lines.append(f"  a request: ip netns exec {sidecar.netns} curl -s {server.workload.host}:{port}/headers")
+        if self.istiod is not None:
+            pki = self.istiod.control.directory / "pki"
+            lines.append(f"  istiod: ip netns exec {self.hub} curl -s 127.0.0.1:8080/debug/syncz   "
+                         f"(logs: {self.istiod.control.directory})")
+            lines.append(f"  kube-apiserver: ip netns exec {self.hub} curl -s --cacert {pki}/ca.crt --cert "
+                         f"{pki}/admin.crt --key {pki}/admin.key https://127.0.0.1:6443/api/v1/pods")
         lines.append(f"  remove it: pytest-istio-mtls cleanup --run {state.run_id}")
         return "\n".join(lines)
 

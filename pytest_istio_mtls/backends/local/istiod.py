@@ -77,6 +77,7 @@ class IstiodMesh:
         self.applier: Applier | None = None
         self.mesh: MeshSettings | None = None
         self.generation = 0
+        self.rejected: dict[str, int] = {}  # per sidecar: Envoy's rejected-update count at the last confirmation
         self.registered: list[tuple[str, str, str, str]] = []  # (apiVersion, kind, namespace, name)
         self.pilot_agent = ""
         self.envoy = ""
@@ -153,6 +154,7 @@ class IstiodMesh:
     def sidecar(self, workload: Workload, ip: str, directory: Path) -> tuple[list[str], dict[str, str]]:
         """Prepare the pod's istio-proxy files; returns pilot-agent's command and environment."""
         assert self.kube is not None and self.mesh is not None
+        self.rejected[workload.ref] = 0  # a new Envoy counts from zero
         token = self.kube.token(workload.namespace, workload.service_account, "istio-ca", 43200)
         agent.prepare(directory, workload, kubelet.pod_labels(workload), token, self.root_cert,
                       self.build.bootstrap_template)
@@ -222,7 +224,8 @@ class IstiodMesh:
                     continue
                 rejected = int(values.get("listener_manager.lds.update_rejected", "0")) + int(
                     values.get("cluster_manager.cds.update_rejected", "0"))
-                if rejected:
+                if rejected > self.rejected.get(ref, 0):  # a new NACK (the counters only grow)
+                    self.rejected[ref] = rejected
                     raise BackendError(f"the sidecar of {ref} rejected configuration from istiod (a NACK): "
                                        f"{self._nack(ref) or tail()}")
                 if served != wanted:
