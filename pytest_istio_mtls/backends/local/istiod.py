@@ -77,7 +77,6 @@ class IstiodMesh:
         self.applier: Applier | None = None
         self.mesh: MeshSettings | None = None
         self.generation = 0
-        self.rejected: dict[str, int] = {}  # per sidecar: Envoy's rejected-update count at the last confirmation
         self.registered: list[tuple[str, str, str, str]] = []  # (apiVersion, kind, namespace, name)
         self.pilot_agent = ""
         self.envoy = ""
@@ -154,7 +153,6 @@ class IstiodMesh:
     def sidecar(self, workload: Workload, ip: str, directory: Path) -> tuple[list[str], dict[str, str]]:
         """Prepare the pod's istio-proxy files; returns pilot-agent's command and environment."""
         assert self.kube is not None and self.mesh is not None
-        self.rejected[workload.ref] = 0  # a new Envoy counts from zero
         token = self.kube.token(workload.namespace, workload.service_account, "istio-ca", 43200)
         agent.prepare(directory, workload, kubelet.pod_labels(workload), token, self.root_cert,
                       self.build.bootstrap_template)
@@ -201,9 +199,12 @@ class IstiodMesh:
         """Bump the marker and wait until every sidecar serves it.
 
         ``sidecars``: (ref, netns, the agent's exit code or None while it runs, its log tail). A dead agent
-        fails at once: its orphaned Envoy may still answer, but that pod's sidecar is gone.
+        fails at once: its orphaned Envoy may still answer, but that pod's sidecar is gone. A sidecar
+        that rejected istiod's latest push (a NACK) fails at once too; NACKs of older pushes that a
+        later, accepted push replaced do not count.
         """
         assert self.mesh is not None
+        earlier = self._sent()  # a NACK counts only for a push made after the bump, never a stale one
         self.generation += 1
         self._apply(marker(self.mesh.root_namespace, self.generation))
         wanted = str(self.generation)
@@ -211,6 +212,7 @@ class IstiodMesh:
         pending: dict[str, str] = {}
         while True:
             pending.clear()
+            nacks: list[str] = []
             for ref, netns, exited, tail in sidecars:
                 code = exited()
                 if code is not None:
@@ -218,21 +220,26 @@ class IstiodMesh:
                 try:
                     values = dict(line.split(": ", 1) for line in prober.admin(netns, XDS_STATS).splitlines()
                                   if ": " in line)
-                    served = served_generation(json.loads(prober.admin(netns, LISTENERS, 5.0) or "{}"))
-                except (OSError, ValueError) as exc:
+                    dump = prober.admin(netns, LISTENERS, 5.0)
+                except OSError as exc:
                     pending[ref] = f"Envoy admin not answering ({exc})"
                     continue
-                rejected = int(values.get("listener_manager.lds.update_rejected", "0")) + int(
-                    values.get("cluster_manager.cds.update_rejected", "0"))
-                if rejected > self.rejected.get(ref, 0):  # a new NACK (the counters only grow)
-                    self.rejected[ref] = rejected
-                    raise BackendError(f"the sidecar of {ref} rejected configuration from istiod (a NACK): "
-                                       f"{self._nack(ref) or tail()}")
+                try:
+                    served = served_generation(json.loads(dump))
+                except ValueError:  # no dynamic listener accepted yet: an empty answer
+                    served = ""
                 if served != wanted:
                     pending[ref] = f"serves generation {served or 'none'}, want {wanted}"
+                    rejected = int(values.get("listener_manager.lds.update_rejected", "0")) + int(
+                        values.get("cluster_manager.cds.update_rejected", "0"))
+                    error = self._nack(ref, earlier) if rejected else ""
+                    if error:
+                        nacks.append(f"the sidecar of {ref} rejected configuration from istiod (a NACK): {error}")
                 elif values.get("listener_manager.total_listeners_warming", "0") != "0" or values.get(
                         "cluster_manager.warming_clusters", "0") != "0":
                     pending[ref] = "listeners or clusters still warming"
+            if nacks:
+                raise BackendError("; ".join(nacks))
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -240,20 +247,28 @@ class IstiodMesh:
                                    "every sidecar: " + "; ".join(f"{k}: {v}" for k, v in pending.items()))
             time.sleep(0.02)
 
-    def _nack(self, ref: str) -> str:
-        """istiod's record of what the proxy rejected (syncz LastError per resource type)."""
-        name, _, namespace = ref.partition(".")
+    def _sent(self) -> dict[tuple[str, str], str]:
+        """(proxy, resource type) → the nonce istiod sent last."""
+        try:
+            statuses = self.control.syncz()
+        except (OSError, ValueError):
+            return {}
+        return {(str(s.get("proxy")), kind): str(res.get("sent") or "") for s in statuses
+                for kind, res in (s.get("resources") or {}).items()}
+
+    def _nack(self, ref: str, earlier: dict[tuple[str, str], str]) -> str:
+        """istiod's error for a resource type whose latest push, made after ``earlier``, the proxy rejected."""
         try:
             statuses = self.control.syncz()
         except (OSError, ValueError):
             return ""
         for status in statuses:
-            if str(status.get("proxy") or status.get("proxy_id") or status.get("ProxyID") or "").startswith(
-                    f"{name}.{namespace}"):
-                errors = [f"{kind.rsplit('.', 1)[-1]}: {res.get('last_error') or res.get('LastError')}"
-                          for kind, res in (status.get("resources") or status.get("Resources") or {}).items()
-                          if res.get("last_error") or res.get("LastError")]
-                return "; ".join(errors)
+            if status.get("proxy") != ref:
+                continue
+            return "; ".join(f"{kind.rsplit('.', 1)[-1]}: {res.get('lastError')}"
+                             for kind, res in (status.get("resources") or {}).items()
+                             if res.get("lastError") and res.get("sent") != res.get("acked")
+                             and res.get("sent") != earlier.get((ref, kind)))
         return ""
 
     def stop(self) -> None:
