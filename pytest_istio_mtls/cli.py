@@ -155,6 +155,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from .backends.local.state import sweep
 
     removed = sweep(include_kept=True, only=args.run)
+    from .backends.local.agent import SHARED_BIN
+    from .backends.local.state import STATE_ROOT
+
+    live = STATE_ROOT.is_dir() and any(not p.name.startswith(".") for p in STATE_ROOT.iterdir())
+    if not live and SHARED_BIN.is_dir():  # the executable copies that runs share, once no run uses them
+        import shutil
+
+        shutil.rmtree(SHARED_BIN, ignore_errors=True)
+        removed.append(f"shared sidecar binaries {SHARED_BIN}")
     for line in removed:
         print(line)
     print(f"{len(removed)} local run(s) removed" if removed else "nothing to remove")
