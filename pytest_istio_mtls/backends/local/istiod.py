@@ -34,6 +34,7 @@ from . import agent, kubelet, prober
 from .controlplane import NODE, ControlPlane, Spawn
 
 MARKER = "pytest-istio-mtls-generation"
+NACK_SETTLE_S = 2.0  # istiod pushes within its 100 ms debounce: a rejection still the latest after this is final
 MARKER_KEY = "istio-mtls.pytest.io"
 LISTENERS = "/config_dump?resource=dynamic_listeners"
 XDS_STATS = ("/stats?filter=" + "%5E%28listener_manager%5C.lds%5C.update_rejected%7Ccluster_manager%5C.cds%5C."
@@ -200,8 +201,9 @@ class IstiodMesh:
 
         ``sidecars``: (ref, netns, the agent's exit code or None while it runs, its log tail). A dead agent
         fails at once: its orphaned Envoy may still answer, but that pod's sidecar is gone. A sidecar
-        that rejected istiod's latest push (a NACK) fails at once too; NACKs of older pushes that a
-        later, accepted push replaced do not count.
+        that rejected istiod's latest push (a NACK) fails within NACK_SETTLE_S: a push built before the
+        change (already debounced when the scenario's policies arrived) may still be sent and rejected, and
+        is superseded by the push of the new generation; a rejection that stays the latest is the answer.
         """
         assert self.mesh is not None
         earlier = self._sent()  # a NACK counts only for a push made after the bump, never a stale one
@@ -210,6 +212,7 @@ class IstiodMesh:
         wanted = str(self.generation)
         deadline = time.monotonic() + self.timeout
         pending: dict[str, str] = {}
+        rejections: dict[str, tuple[str, float]] = {}  # ref → (istiod's error, when it was first seen)
         while True:
             pending.clear()
             nacks: list[str] = []
@@ -234,7 +237,12 @@ class IstiodMesh:
                         values.get("cluster_manager.cds.update_rejected", "0"))
                     error = self._nack(ref, earlier) if rejected else ""
                     if error:
-                        nacks.append(f"the sidecar of {ref} rejected configuration from istiod (a NACK): {error}")
+                        seen = rejections.setdefault(ref, (error, time.monotonic()))
+                        if seen[0] != error:
+                            rejections[ref] = (error, time.monotonic())
+                        elif time.monotonic() - seen[1] > NACK_SETTLE_S:
+                            nacks.append(f"the sidecar of {ref} rejected configuration from istiod (a NACK): "
+                                         f"{error}")
                 elif values.get("listener_manager.total_listeners_warming", "0") != "0" or values.get(
                         "cluster_manager.warming_clusters", "0") != "0":
                     pending[ref] = "listeners or clusters still warming"
