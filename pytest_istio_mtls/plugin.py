@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 RUN_KEY = pytest.StashKey["Run"]()  # the session's run.Run, created lazily
 WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()  # xdist controller: what each worker sent
 WORKER_OUTPUT = "istio_mtls"  # the key of our data in an xdist worker's workeroutput
+REPORT_KEY = pytest.StashKey[Any]()  # the session's report, built once at session finish
 SETTINGS_KEY = pytest.StashKey[options.Settings]()
 KEEP_MESSAGE_KEY = pytest.StashKey[str]()
 
@@ -243,7 +244,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             if run is not None and run.outcomes:
                 worker[WORKER_OUTPUT] = {"report": run.report().to_json(), "keep": message}
         else:
-            report = _session_report(config)
+            report = config.stash[REPORT_KEY] = _session_report(config)
             if settings.report is not None and report is not None:
                 from .report import write_all
 
@@ -254,7 +255,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    report = _session_report(config)
+    report = config.stash.get(REPORT_KEY, None)
     if report is not None:
         from .report.terminal import render
 

@@ -32,6 +32,7 @@ class Applied:
     kind: str
     namespace: str
     name: str
+    resource_version: str = ""  # as the API server answered the apply (what a watcher must catch up to)
 
     @property
     def ref(self) -> str:
@@ -80,7 +81,8 @@ class Applier:
             metadata = obj.get("metadata") or {}
             result = self.kube.apply(obj)
             self.applied.append(Applied(str(obj.get("apiVersion")), str(obj.get("kind")),
-                                        str(metadata.get("namespace", "")), str(metadata.get("name", ""))))
+                                        str(metadata.get("namespace", "")), str(metadata.get("name", "")),
+                                        str((result.get("metadata") or {}).get("resourceVersion") or "")))
             if group is not None:
                 finished[group] = self.clock()
                 stamps.setdefault(group, []).append((_created(result), policy.ref))

@@ -18,7 +18,9 @@ import shutil
 from pathlib import Path
 
 from ...model import Workload
+from .controlplane import ISTIOD_SAN, ISTIOD_XDS_PORT
 from .envoy import INBOUND_PORT, OUTBOUND_PORT, PROXY_UID
+from .kubelet import APP_CONTAINER
 
 SHARED_BIN = Path(os.environ.get("ISTIO_MTLS_LOCAL_BIN", "/run/pytest-istio-mtls-bin"))
 STATUS_PORT = 15020
@@ -54,8 +56,7 @@ def iptables_args(binary: str, backend: str) -> list[str]:
             f"--force-iptables-binary={backend}", "--log_output_level=default:warn"]
 
 
-def prepare(directory: Path, workload: Workload, labels: dict[str, str], token: str, root_cert: bytes,
-            bootstrap_template: Path) -> None:
+def prepare(directory: Path, labels: dict[str, str], token: str, root_cert: bytes, bootstrap_template: Path) -> None:
     """The files a pod's istio-proxy container finds: token, root certificate, labels, bootstrap template."""
     for sub in DIRECTORIES:
         (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ def environment(directory: Path, workload: Workload, ip: str, istiod: str, envoy
                 node: str) -> dict[str, str]:
     """The istio-proxy container's environment as the injection template sets it, for this pod."""
     proxy_config = {
-        "discoveryAddress": f"{istiod}:15012", "binaryPath": envoy, "concurrency": 1,
+        "discoveryAddress": f"{istiod}:{ISTIOD_XDS_PORT}", "binaryPath": envoy, "concurrency": 1,
         "configPath": str(directory / "etc/istio/proxy"),  # absolute: Envoy's command line names the run
         "statusPort": STATUS_PORT, "drainDuration": "1s", "terminationDrainDuration": "1s",
         "holdApplicationUntilProxyStarts": False,
@@ -88,11 +89,11 @@ def environment(directory: Path, workload: Workload, ip: str, istiod: str, envoy
              for p in {p.target_port: p for p in workload.ports}.values()]
     return {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(directory), "GOMAXPROCS": "1",
-        "PILOT_CERT_PROVIDER": "istiod", "CA_ADDR": f"{istiod}:15012", "ISTIOD_SAN": "istiod.istio-system.svc",
+        "PILOT_CERT_PROVIDER": "istiod", "CA_ADDR": f"{istiod}:{ISTIOD_XDS_PORT}", "ISTIOD_SAN": ISTIOD_SAN,
         "POD_NAME": workload.name, "POD_NAMESPACE": workload.namespace, "INSTANCE_IP": ip,
         "SERVICE_ACCOUNT": workload.service_account, "HOST_IP": istiod, "ISTIO_CPU_LIMIT": "1",
         "PROXY_CONFIG": json.dumps(proxy_config),
-        "ISTIO_META_POD_PORTS": json.dumps(ports), "ISTIO_META_APP_CONTAINERS": "app",
+        "ISTIO_META_POD_PORTS": json.dumps(ports), "ISTIO_META_APP_CONTAINERS": APP_CONTAINER,
         "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_NODE_NAME": node,
         "ISTIO_META_INTERCEPTION_MODE": "REDIRECT", "ISTIO_META_WORKLOAD_NAME": workload.name,
         "ISTIO_META_OWNER": f"kubernetes://apis/v1/namespaces/{workload.namespace}/pods/{workload.name}",

@@ -35,6 +35,7 @@ from ..base import BackendError, BackendUnavailable, Progress
 from . import agent, envoy, prober
 from .capture import PacketCapture, save, to_pcap
 from .certs import CertificateAuthority
+from .controlplane import SERVICE_CIDR
 from .istiod import IstiodMesh
 from .state import PREFIX, RunState, kept_runs, new_run, processes_mentioning, stop_processes, sweep, teardown
 from .system import envoy_binary, iptables_backend, require_privileges, require_tools, run
@@ -42,7 +43,6 @@ from .system import envoy_binary, iptables_backend, require_privileges, require_
 BRIDGE_IP = "10.244.0.1"
 POD_NET = "10.244.0.{}"
 SERVICE_NET = "10.96.0.{}"
-SERVICE_CIDR = "10.96.0.0/16"
 ECHO_SCRIPT = Path(__file__).with_name("echo.py")
 
 
@@ -188,14 +188,9 @@ class LocalBackend:
         self.istiod.start(MeshSettings(), self.ca.plug_into(self.state.directory / "cacerts"), self.envoy_path)
 
     def _spawn_hub(self, args: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        assert self.state is not None
+        """A control-plane process in the hub, with only the environment it is given (no KUBERNETES_* leaks)."""
         base = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(log.parent)}
-        with open(log, "ab") as output:
-            process = subprocess.Popen(["ip", "netns", "exec", self.hub, *args], stdout=output, stderr=output,
-                                       stdin=subprocess.DEVNULL, start_new_session=True, env={**base, **env},
-                                       cwd=log.parent)
-        self.state.add_pid(process.pid)
-        return process
+        return self._spawn_in(self.hub, args, log, env={**base, **env}, cwd=log.parent)
 
     def versions(self) -> dict[str, str]:
         found = {"control_plane": self.settings.control_plane, "envoy": self.envoy_version,
@@ -285,6 +280,7 @@ class LocalBackend:
             f"link add {p.veth} type veth peer name eth0 netns {p.netns}\n"
             f"link set {p.veth} master br0\nlink set {p.veth} up\n" for p in pods))
         services = [(p.service_ip, port.port, p.ip, port.target_port) for p in pods for port in p.workload.ports]
+        iptables = iptables_backend() if self.istiod is not None else ""
         for pod in pods:
             run(["ip", "-n", pod.netns, "-batch", "-"], stdin=(
                 f"link set lo up\naddr add {pod.ip}/16 dev eth0\nlink set eth0 up\n"
@@ -294,7 +290,7 @@ class LocalBackend:
             else:  # Istio's own interception first (the istio-init container's command), then kube-proxy's DNAT
                 if pod.workload.sidecar:
                     run(["ip", "netns", "exec", pod.netns,
-                         *agent.iptables_args(self.istiod.pilot_agent, iptables_backend())])
+                         *agent.iptables_args(self.istiod.pilot_agent, iptables)])
                 run(["ip", "netns", "exec", pod.netns, "iptables-restore", "--noflush"],
                     stdin=iptables_rules(pod, services, interception=False))
             etc = Path("/etc/netns", pod.netns)
@@ -329,11 +325,17 @@ class LocalBackend:
                                service_ip={p.ref: p.service_ip for p in self.pods.values()})
 
     def _spawn(self, pod: Pod, args: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        return self._spawn_in(pod.netns, args, log, pass_fds=pass_fds)
+
+    def _spawn_in(self, netns: str, args: list[str], log: Path, *, pass_fds: tuple[int, ...] = (),
+                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a process in ``netns``, output to ``log``, and record its pid before anything else happens."""
         assert self.state is not None
         with open(log, "ab") as output:
             # A new session: Ctrl-C in the terminal reaches pytest (which tears down), not the pods.
-            process = subprocess.Popen(["ip", "netns", "exec", pod.netns, *args], stdout=output, stderr=output,
-                                       stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds)
+            process = subprocess.Popen(["ip", "netns", "exec", netns, *args], stdout=output, stderr=output,
+                                       stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds,
+                                       env=env, cwd=cwd)
         self.state.add_pid(process.pid)
         return process
 
@@ -354,11 +356,7 @@ class LocalBackend:
         log.touch()
         os.chown(log, envoy.PROXY_UID, envoy.PROXY_UID)  # Envoy reopens /dev/stdout for its access log
         pod.agent_log = log
-        with open(log, "ab") as output:
-            pod.envoy = subprocess.Popen(["ip", "netns", "exec", pod.netns, *args], stdout=output, stderr=output,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env,
-                                         cwd=pod.directory / "proxy")
-        self.state.add_pid(pod.envoy.pid)
+        pod.envoy = self._spawn_in(pod.netns, args, log, env=env, cwd=pod.directory / "proxy")
 
     def _start_envoy(self, pod: Pod, scenario: Scenario, addresses: envoy.Addresses) -> None:
         assert self.state is not None and self.ca is not None
@@ -423,8 +421,8 @@ class LocalBackend:
         if not self.pods or self.state is None:
             return
         pids = [p for pod in self.pods.values() for p in (pod.envoy, pod.app) if p is not None]
-        orphans = [pid for pod in self.pods.values() if pod.agent_log is not None
-                   for pid in processes_mentioning(f"{pod.directory / 'proxy'}/")]
+        proxies = [f"{pod.directory / 'proxy'}/" for pod in self.pods.values() if pod.agent_log is not None]
+        orphans = processes_mentioning(*proxies) if proxies else []
         stop_processes([p.pid for p in pids] + orphans, self.state.run_id)
         if self.istiod is not None:
             self.istiod.unregister()

@@ -33,6 +33,7 @@ from ..base import BackendError
 from ..kube.client import Kube
 from . import prober
 from .relay import Relay
+from .system import poll
 
 ETCD_CLIENT = ("127.0.0.1", 2379)
 APISERVER_PORT = 6443
@@ -180,17 +181,16 @@ class ControlPlane:
 
     def _wait(self, name: str, ready: Callable[[], str]) -> None:
         """Poll ``ready`` ('' when ready, else what is pending) until the deadline; a dead process fails now."""
-        deadline = time.monotonic() + self.timeout
-        pending = "not started"
-        while time.monotonic() < deadline:
+        def check() -> str:
             process = self.processes[name]
             if process.poll() is not None:
                 raise BackendError(f"{name} exited with code {process.returncode}: {self._tail(name)}")
-            pending = ready()
-            if not pending:
-                return
-            time.sleep(0.1)
-        raise BackendError(f"{name} was not ready after {self.timeout:.0f}s ({pending}); its log: {self._log(name)}")
+            return ready()
+
+        pending = poll(check, self.timeout, 0.1)
+        if pending:
+            raise BackendError(f"{name} was not ready after {self.timeout:.0f}s ({pending}); its log: "
+                               f"{self._log(name)}")
 
     def _start_etcd(self) -> None:
         data = self.directory / "etcd"

@@ -28,10 +28,11 @@ from ...model import MeshSettings, Scenario, Topology, Workload
 from ..base import BackendError
 from ..kube.apply import Applied, Applier
 from ..kube.client import Kube
-from ..kube.manifests import fresh_connection_filters
+from ..kube.manifests import fresh_connection_filters, service
 from ..kube.naming import Naming
 from . import agent, kubelet, prober
 from .controlplane import NODE, ControlPlane, Spawn
+from .system import poll
 
 MARKER = "pytest-istio-mtls-generation"
 NACK_SETTLE_S = 2.0  # istiod pushes within its 100 ms debounce: a rejection still the latest after this is final
@@ -74,7 +75,6 @@ class IstiodMesh:
         self.progress = progress
         self.timeout = timeout
         self.control = ControlPlane(build, directory, hub, hub_ip, spawn, progress, timeout)
-        self.kube: Kube | None = None
         self.applier: Applier | None = None
         self.mesh: MeshSettings | None = None
         self.generation = 0
@@ -85,9 +85,13 @@ class IstiodMesh:
 
     # -- control plane -----------------------------------------------------------------------------------
 
+    @property
+    def kube(self) -> Kube | None:
+        """The plugin's client of the control plane's API server (None until it is up)."""
+        return self.control.kube
+
     def start(self, mesh: MeshSettings, ca_directory: Path, envoy_path: str) -> None:
-        self.kube = self.control.start(mesh, ca_directory)
-        self.applier = Applier(self.kube, self.progress)
+        self.applier = Applier(self.control.start(mesh, ca_directory), self.progress)
         self.mesh = mesh
         self.pilot_agent = agent.executable_copy(self.build.pilot_agent)
         self.envoy = agent.executable_copy(envoy_path)
@@ -123,8 +127,6 @@ class IstiodMesh:
             self._apply(obj)
         addresses = {}
         naming = Naming(None)
-        from ..kube.manifests import service
-
         for workload in topology.workloads:
             if workload.ports:
                 created = self._apply(service(workload, naming))
@@ -155,46 +157,38 @@ class IstiodMesh:
         """Prepare the pod's istio-proxy files; returns pilot-agent's command and environment."""
         assert self.kube is not None and self.mesh is not None
         token = self.kube.token(workload.namespace, workload.service_account, "istio-ca", 43200)
-        agent.prepare(directory, workload, kubelet.pod_labels(workload), token, self.root_cert,
-                      self.build.bootstrap_template)
+        agent.prepare(directory, kubelet.pod_labels(workload), token, self.root_cert, self.build.bootstrap_template)
         env = agent.environment(directory, workload, ip, self.hub_ip, self.envoy, self.mesh.trust_domain, NODE)
         return agent.command(self.pilot_agent, workload), env
 
     # -- policies ----------------------------------------------------------------------------------------
 
-    def apply(self, scenario: Scenario) -> dict[str, str]:
-        """Replace the policies in force by the scenario's; returns ref → resourceVersion of what is applied."""
-        assert self.kube is not None and self.applier is not None
+    def apply(self, scenario: Scenario) -> None:
+        """Replace the policies in force by the scenario's, and wait until istiod's store holds exactly them."""
+        assert self.applier is not None
         removed = self.applier.delete_all()
         self.applier.wait_gone(removed, self.timeout)
         self.applier.apply([(p, dict(p.manifest)) for p in scenario.policies])
-        versions: dict[str, str] = {}
-        for item in self.applier.applied:
-            current = self.kube.get(item.api_version, item.kind, item.namespace or None, item.name) or {}
-            versions[item.ref] = str((current.get("metadata") or {}).get("resourceVersion") or "")
-        self._wait_istiod_holds(self.applier.applied, versions, removed)
-        return versions
+        self._wait_istiod_holds(self.applier.applied, removed)
 
-    def _wait_istiod_holds(self, applied: Sequence[Applied], versions: dict[str, str],
-                           removed: Sequence[Applied]) -> None:
-        deadline = time.monotonic() + self.timeout
-        pending: list[str] = []
-        while time.monotonic() < deadline:
+    def _wait_istiod_holds(self, applied: Sequence[Applied], removed: Sequence[Applied]) -> None:
+        again = {a.ref for a in applied}
+
+        def check() -> str:
             try:
                 held = self.control.configz()
             except (OSError, ValueError) as exc:
-                pending = [f"istiod's config store cannot be read ({exc})"]
-            else:
-                pending = [f"{a.ref} at resourceVersion {versions[a.ref]} (istiod has "
-                           f"{held.get((a.kind, a.namespace, a.name)) or 'none'})" for a in applied
-                           if held.get((a.kind, a.namespace, a.name)) != versions[a.ref]]
-                pending += [f"{r.ref} still held after its deletion" for r in removed
-                            if (r.kind, r.namespace, r.name) in held and r.ref not in versions]
-                if not pending:
-                    return
-            time.sleep(0.05)
-        raise BackendError(f"istiod did not pick up the scenario's policies within {self.timeout:.0f}s: "
-                           + "; ".join(pending))
+                return f"istiod's config store cannot be read ({exc})"
+            pending = [f"{a.ref} at resourceVersion {a.resource_version} (istiod has "
+                       f"{held.get((a.kind, a.namespace, a.name)) or 'none'})" for a in applied
+                       if held.get((a.kind, a.namespace, a.name)) != a.resource_version]
+            pending += [f"{r.ref} still held after its deletion" for r in removed
+                        if (r.kind, r.namespace, r.name) in held and r.ref not in again]
+            return "; ".join(pending)
+
+        pending = poll(check, self.timeout, 0.05)
+        if pending:
+            raise BackendError(f"istiod did not pick up the scenario's policies within {self.timeout:.0f}s: {pending}")
 
     def confirm(self, sidecars: Sequence[tuple[str, str, Callable[[], int | None], Callable[[], str]]]) -> None:
         """Bump the marker and wait until every sidecar serves it.
@@ -210,13 +204,15 @@ class IstiodMesh:
         self.generation += 1
         self._apply(marker(self.mesh.root_namespace, self.generation))
         wanted = str(self.generation)
-        deadline = time.monotonic() + self.timeout
-        pending: dict[str, str] = {}
+        done: set[str] = set()  # sidecars already serving the generation (it never goes back)
         rejections: dict[str, tuple[str, float]] = {}  # ref → (istiod's error, when it was first seen)
-        while True:
-            pending.clear()
+
+        def check() -> str:
+            pending: dict[str, str] = {}
             nacks: list[str] = []
             for ref, netns, exited, tail in sidecars:
+                if ref in done:
+                    continue
                 code = exited()
                 if code is not None:
                     raise BackendError(f"the sidecar of {ref} is not running (pilot-agent exit {code}): {tail()}")
@@ -246,14 +242,16 @@ class IstiodMesh:
                 elif values.get("listener_manager.total_listeners_warming", "0") != "0" or values.get(
                         "cluster_manager.warming_clusters", "0") != "0":
                     pending[ref] = "listeners or clusters still warming"
+                else:
+                    done.add(ref)
             if nacks:
                 raise BackendError("; ".join(nacks))
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise BackendError(f"timed out after {self.timeout:.0f} s waiting for istiod's configuration on "
-                                   "every sidecar: " + "; ".join(f"{k}: {v}" for k, v in pending.items()))
-            time.sleep(0.02)
+            return "; ".join(f"{k}: {v}" for k, v in pending.items())
+
+        pending = poll(check, self.timeout, 0.02)
+        if pending:
+            raise BackendError(f"timed out after {self.timeout:.0f} s waiting for istiod's configuration on every "
+                               f"sidecar: {pending}")
 
     def _sent(self) -> dict[tuple[str, str], str]:
         """(proxy, resource type) → the nonce istiod sent last."""

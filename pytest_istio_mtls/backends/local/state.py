@@ -106,18 +106,19 @@ def tagged_processes(run_id: str) -> list[int]:
     """Processes whose command line carries the run's tag, recorded or not (a Ctrl-C can land between
     starting a process and writing its pid down)."""
     # The tag, or a path inside the run's directory (Envoys that pilot-agent starts carry only their config path).
-    tags = (f"{PREFIX}-{run_id}", f"{STATE_ROOT / run_id}/")
-    pids = []
+    return processes_mentioning(f"{PREFIX}-{run_id}", f"{STATE_ROOT / run_id}/")
+
+
+def processes_mentioning(*texts: str) -> list[int]:
+    """Processes whose command line contains any of ``texts`` (one pass over /proc), e.g. an Envoy whose
+    pilot-agent was killed: it names its pod's config directory, and nothing else records it."""
+    found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and any(t in cmdline(int(entry)) for t in tags):
-            pids.append(int(entry))
-    return pids
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains ``text`` (e.g. an Envoy whose pilot-agent was killed: it names
-    its pod's config directory, and nothing else records it)."""
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid() and text in cmdline(int(e))]
+        if entry.isdigit() and int(entry) != os.getpid():
+            command = cmdline(int(entry))
+            if any(text in command for text in texts):
+                found.append(int(entry))
+    return found
 
 
 def teardown(state: RunState) -> list[str]:
