@@ -31,6 +31,7 @@ from ...evidence import accesslog, capture, identity, stats
 from ...model import MeshSettings, Scenario, Topology, Workload
 from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
 from ...options import Settings
+from .. import support
 from ..base import BackendError, BackendUnavailable, Progress
 from . import agent, envoy, prober
 from .capture import PacketCapture, save, to_pcap
@@ -256,7 +257,9 @@ class LocalBackend:
         assert self.state is not None and self.ca is not None
         self._remove_pods()
         empty = Scenario(name="(no policies)", path=Path("."), mesh=mesh, topology=topology)
-        envoy.check_supported(empty)
+        reason = support.unsupported(empty, "local", self.settings.control_plane)
+        if reason is not None:  # run.py asks before deploying; this guards direct callers (fixtures)
+            raise BackendError(reason)
         sidecars = sum(1 for w in topology.workloads if w.sidecar)
         self.progress(f"starting {len(topology.workloads)} pods ({sidecars} with Envoy sidecars)")
         run_id = self.state.run_id

@@ -20,6 +20,7 @@ from typing import Any
 from ... import semantics
 from ...evidence.accesslog import FORMAT
 from ...model import Port, Scenario, Workload
+from .. import support
 
 PROXY_UID = 1337
 INBOUND_PORT = 15006
@@ -306,18 +307,9 @@ def _outbound_listener(scenario: Scenario, client: Workload, addresses: Addresse
 
 def check_supported(scenario: Scenario) -> None:
     """Refuse, in one sentence, what the local emulation cannot reproduce faithfully."""
-    for workload in scenario.topology.workloads:
-        if workload.ambient:
-            raise UnsupportedPolicy(f"{workload.ref} is in ambient mode, which the local backend does not emulate; "
-                                    "run this scenario on kind")
-    for policy in scenario.policies:
-        if policy.kind in ("AuthorizationPolicy", "RequestAuthentication", "EnvoyFilter", "Sidecar",
-                           "VirtualService", "ServiceEntry"):
-            raise UnsupportedPolicy(f"{policy.kind} {policy.namespace}/{policy.name} is not supported by the local "
-                                    "backend yet; run this scenario on kind (--istio-backend=kind)")
-        if policy.kind == "DestinationRule" and policy.spec.get("workloadSelector"):
-            raise UnsupportedPolicy(f"DestinationRule {policy.namespace}/{policy.name} uses workloadSelector, which "
-                                    "the local backend does not emulate")
+    reason = support.unsupported(scenario, "local", "emulated")
+    if reason is not None:
+        raise UnsupportedPolicy(reason)
 
 
 def listeners(scenario: Scenario, workload: Workload, addresses: Addresses, files: SidecarFiles) -> dict[str, Any]:
