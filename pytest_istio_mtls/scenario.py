@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import semantics
 from .diagnostics import Diagnostic, Mark, ScenarioError, did_you_mean
@@ -31,7 +31,7 @@ from .model import (
     default_topology,
 )
 from .policies import PolicyValidator
-from .validation import Checker, type_name
+from .validation import Checker, type_name, unquote_fix
 from .yamlpos import Located, block_scalar_offset, load_all, load_one
 
 TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect")
@@ -406,48 +406,18 @@ class _Loader:
                       topology: Topology) -> Workload | None:
         if not check.text(path, text, "a workload reference"):
             return None
-        refs = [w.ref for w in topology.workloads]
-        if "." in text:
-            workload = topology.workload(text)
-            if workload is None:
-                check.error(path, f"unknown workload '{text}'{did_you_mean(text, refs)}",
-                            f"workloads: {', '.join(refs)}")
-            return workload
-        matches = [w for w in topology.workloads if w.name == text]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            check.error(path, f"workload name '{text}' is ambiguous: it exists in "
-                        f"{', '.join(w.namespace for w in matches)}",
-                        f"write one of {', '.join(w.ref for w in matches)}")
+        workload = resolve_workload(topology, text)
+        if isinstance(workload, Unresolved):
+            check.error(path, workload.message, workload.fix)
             return None
-        names = [*refs, *(w.name for w in topology.workloads)]
-        check.error(path, f"unknown workload '{text}'{did_you_mean(text, names)}", f"workloads: {', '.join(refs)}")
-        return None
+        return workload
 
     def _port_ref(self, check: Checker, path: tuple[str | int, ...], target: Workload,
                   key: str | None) -> Port | None:
-        listing = ", ".join(f"{p.port} ({p.name})" for p in target.ports)
-        if not target.ports:
-            check.error(path, f"{target.ref} has no ports: it is a client only and cannot be probed",
-                        "probe a workload that declares ports, or add ports to this one")
+        port = resolve_port(target, key)
+        if isinstance(port, Unresolved):
+            check.error(path, port.message, port.fix)
             return None
-        if key is None or key == "":
-            if len(target.ports) == 1:
-                return target.ports[0]
-            check.error(path, f"{target.ref} has several ports ({listing}); say which one",
-                        f"write {target.ref}:{target.ports[0].port}")
-            return None
-        port = target.port(int(key)) if key.isdigit() else target.port(key)
-        if port is None:
-            by_target = next((p for p in target.ports if key.isdigit() and p.target_port == int(key)), None)
-            if by_target is not None:
-                check.error(path, f"{key} is the container port of {target.ref}; expectations name the Service "
-                            f"port", f"write {target.ref}:{by_target.port}")
-            else:
-                names = [str(p.port) for p in target.ports] + [p.name for p in target.ports]
-                check.error(path, f"{target.ref} has no port '{key}'{did_you_mean(key, names)}",
-                            f"its ports: {listing}")
         return port
 
     def _request(self, check: Checker, path: tuple[str | int, ...], raw: Any, port: Port) -> Request | None:
@@ -499,7 +469,8 @@ class _Loader:
 
     def _status(self, check: Checker, path: tuple[str | int, ...], status: Any, result: Result, port: Port) -> bool:
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            check.error(path, f"status must be an HTTP status code (100-599), not {status!r}")
+            check.error(path, f"status must be an HTTP status code (100-599), not {status!r}",
+                        unquote_fix(path, status) or "write the code as a number, e.g. status: 200")
             return False
         if port.protocol == "tcp":
             check.error(path, f"port {port.port} is tcp: there is no HTTP status to pin", "drop 'status'", key=True)
@@ -521,7 +492,7 @@ class _Loader:
         for prediction in semantics.predict_all(scenario):
             if prediction.result is Result.UNKNOWN:
                 unknown.append(f"{prediction.source.ref}->{prediction.target.ref}:{prediction.port.port} "
-                               f"({prediction.reason.removeprefix('unknown: ')})")
+                               f"({prediction.reason})")
                 continue
             rows.append(Expectation(prediction.source, prediction.target, prediction.port, prediction.result,
                                     mark=check.mark(("expect",)), reason=prediction.reason))
@@ -531,6 +502,54 @@ class _Loader:
         if not rows and not unknown:
             check.error(("expect",), "expect: derived, but the topology has no server ports to probe")
         return dataclasses.replace(scenario, expectations=tuple(rows))
+
+
+class Unresolved(NamedTuple):
+    """Why a workload or port reference names nothing, and the fix (shared by validation and the CLI)."""
+
+    message: str
+    fix: str
+
+
+def resolve_workload(topology: Topology, text: str) -> Workload | Unresolved:
+    """``name.namespace``, or a bare name when it is unique; else what is wrong, with a did-you-mean."""
+    refs = [w.ref for w in topology.workloads]
+    if "." in text:
+        workload = topology.workload(text)
+        if workload is None:
+            return Unresolved(f"unknown workload '{text}'{did_you_mean(text, refs)}", f"workloads: {', '.join(refs)}")
+        return workload
+    matches = [w for w in topology.workloads if w.name == text]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        return Unresolved(f"workload name '{text}' is ambiguous: it exists in "
+                          f"{', '.join(w.namespace for w in matches)}",
+                          f"write one of {', '.join(w.ref for w in matches)}")
+    names = [*refs, *(w.name for w in topology.workloads)]
+    return Unresolved(f"unknown workload '{text}'{did_you_mean(text, names)}", f"workloads: {', '.join(refs)}")
+
+
+def resolve_port(target: Workload, key: str | None) -> Port | Unresolved:
+    """A Service port by number or name (optional when there is one); a container port gets the Service port's fix."""
+    listing = ", ".join(f"{p.port} ({p.name})" for p in target.ports)
+    if not target.ports:
+        return Unresolved(f"{target.ref} has no ports: it is a client only and cannot be probed",
+                          "probe a workload that declares ports, or add ports to this one")
+    if key is None or key == "":
+        if len(target.ports) == 1:
+            return target.ports[0]
+        return Unresolved(f"{target.ref} has several ports ({listing}); say which one",
+                          f"write {target.ref}:{target.ports[0].port}")
+    port = target.port(int(key)) if key.isdigit() else target.port(key)
+    if port is not None:
+        return port
+    by_target = next((p for p in target.ports if key.isdigit() and p.target_port == int(key)), None)
+    if by_target is not None:
+        return Unresolved(f"{key} is the container port of {target.ref}; expectations name the Service port",
+                          f"write {target.ref}:{by_target.port}")
+    names = [str(p.port) for p in target.ports] + [p.name for p in target.ports]
+    return Unresolved(f"{target.ref} has no port '{key}'{did_you_mean(key, names)}", f"its ports: {listing}")
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:

@@ -80,7 +80,8 @@ class Checker:
     def port_number(self, path: tuple[str | int, ...], value: Any, where: str) -> bool:
         if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
             return True
-        self.error(path, f"{where} must be a port number from 1 to 65535, not {value!r}")
+        self.error(path, f"{where} must be a port number from 1 to 65535, not {value!r}",
+                   unquote_fix(path, value))
         return False
 
     def dns_label(self, path: tuple[str | int, ...], value: Any, where: str) -> bool:
@@ -100,3 +101,10 @@ class Checker:
         self.error(path, f"invalid {what} {value!r}{context}{did_you_mean(str(value), choices)}",
                    f"use one of {', '.join(choices)}")
         return False
+
+
+def unquote_fix(path: tuple[str | int, ...], value: Any) -> str:
+    """The fix for a number written as text (``status: "200"``): numbers are written unquoted, as in Kubernetes."""
+    if not (isinstance(value, str) and value.strip().isdigit() and path and isinstance(path[-1], str)):
+        return ""
+    return f"write {path[-1]}: {value.strip()} (a number, without quotes)"

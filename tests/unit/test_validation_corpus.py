@@ -49,3 +49,12 @@ def test_every_error_names_its_file_and_a_fix(path: Path) -> None:
         assert diagnostic.mark.file.endswith(path.name) or "nowhere" not in diagnostic.mark.file
         if diagnostic.severity == "error":
             assert diagnostic.fix, f"error without a fix: {diagnostic}"
+
+
+@pytest.mark.parametrize(("name", "fix"), [("status-quoted", "write status: 200 (a number, without quotes)"),
+                                           ("port-quoted", "write port: 8000 (a number, without quotes)")])
+def test_a_number_written_as_text_gets_the_unquoted_form_as_its_fix(name: str, fix: str) -> None:
+    """`status: "200"` is refused like every other quoted number, and the fix is the line to write."""
+    (error,) = [d for d in diagnostics_of(Path(__file__).parent / "data" / "invalid" / f"{name}.yaml")
+                if d.severity == "error"]
+    assert error.fix == fix
