@@ -13,13 +13,46 @@ from pathlib import Path
 
 from . import semantics
 from ._version import __version__
-from .diagnostics import ScenarioError
+from .diagnostics import ScenarioError, did_you_mean, plural
 from .model import Result, Scenario
 from .report.model import Report, Row, ScenarioReport
-from .scenario import display_path, load_scenario
+from .scenario import (
+    SCENARIO_SUFFIXES,
+    Unresolved,
+    display_path,
+    load_scenario,
+    looks_like_scenario,
+    resolve_port,
+    resolve_workload,
+)
+
+BUILTIN = "builtin"
 
 
-def _load(path: str) -> Scenario | None:
+def scenario_files(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """The files to read, as pytest --istio-scenarios collects them: a file as given, a directory as every
+    scenario file (*.yaml, *.yml, not Kubernetes manifests) under it outside hidden directories, ``builtin``
+    as the shipped library. Returns the files and one error per directory that holds none."""
+    from .options import builtin_scenarios
+
+    files: list[Path] = []
+    errors: list[str] = []
+    for entry in paths:
+        path = builtin_scenarios() if entry == BUILTIN and not Path(entry).exists() else Path(entry)
+        if not path.is_dir():
+            files.append(path)  # load_scenario reports a missing or unreadable file with its fix
+            continue
+        found = sorted(p for p in path.rglob("*") if p.suffix in SCENARIO_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                       and looks_like_scenario(p))
+        if not found:
+            errors.append(f"{entry}: error: no scenario files (*.yaml, *.yml) in this directory\n"
+                          f"    fix: name scenario files, or a directory that holds them")
+        files += found
+    return list(dict.fromkeys(files)), errors
+
+
+def _load(path: str | Path) -> Scenario | None:
     try:
         scenario = load_scenario(path)
     except ScenarioError as exc:
@@ -28,6 +61,15 @@ def _load(path: str) -> Scenario | None:
     for warning in scenario.warnings:
         print(warning, file=sys.stderr)
     return scenario
+
+
+def _load_all(paths: Sequence[str]) -> tuple[list[Scenario], int]:
+    """Every scenario the paths name, and how many paths or files could not be used (reported on stderr)."""
+    files, errors = scenario_files(paths)
+    for error in errors:
+        print(error, file=sys.stderr)
+    scenarios = [s for s in map(_load, files) if s is not None]
+    return scenarios, len(errors) + len(files) - len(scenarios)
 
 
 def prediction_report(scenarios: Sequence[Scenario]) -> Report:
@@ -52,63 +94,60 @@ def prediction_report(scenarios: Sequence[Scenario]) -> Report:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    failed = 0
-    for path in args.files:
-        scenario = _load(path)
-        if scenario is None:
-            failed += 1
-        else:
-            print(f"{display_path(scenario.path)}: ok ({scenario.name}: {len(scenario.expectations)} expectations, "
-                  f"{len(scenario.policies)} policies)")
+    scenarios, failed = _load_all(args.files)
+    for scenario in scenarios:
+        print(f"{display_path(scenario.path)}: ok ({scenario.name}: "
+              f"{plural(len(scenario.expectations), 'expectation')}, {plural(len(scenario.policies), 'policy')})")
     return 1 if failed else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    scenario = _load(args.file)
-    if scenario is None:
-        return 1
-    if args.json:
-        rows = [p.as_row() for p in semantics.predict_all(scenario)]
-        print(json.dumps({"scenario": scenario.name, "rows": rows}, indent=2, ensure_ascii=False))
-    else:
+    scenarios, failed = _load_all(args.files)
+    if args.json:  # JSON Lines: one {scenario, rows} per file, the same shape however many files
+        for scenario in scenarios:
+            rows = [p.as_row() for p in semantics.predict_all(scenario)]
+            print(json.dumps({"scenario": scenario.name, "rows": rows}, ensure_ascii=False))
+    elif scenarios:
         from .report.terminal import render
 
-        print(render(prediction_report([scenario])))
-    if args.report:
-        from .report import write_all
+        print(render(prediction_report(scenarios)))
+    if args.report and scenarios:
+        from .report import clear, write_all
 
-        write_all(prediction_report([scenario]), Path(args.report))
+        clear(Path(args.report))
+        write_all(prediction_report(scenarios), Path(args.report))
         print(f"reports written to {args.report}/report.{{json,md,html}}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0
+
+
+def _explain_error(what: str, text: str, problem: Unresolved) -> int:
+    print(f"error: {what} '{text}': {problem.message}\n    fix: {problem.fix}", file=sys.stderr)
+    return 2
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if Path(args.file).is_dir():
+        print(f"error: {args.file} is a directory; explain reads one scenario file\n"
+              f"    fix: name one file, e.g. one that `pytest-istio-mtls validate {args.file}` lists", file=sys.stderr)
+        return 2
     scenario = _load(args.file)
     if scenario is None:
         return 1
-    topology = scenario.topology
-
-    def find(ref: str) -> list[str]:
-        return [w.ref for w in topology.workloads if ref in (w.ref, w.name)]
-
-    source_refs = find(args.source)
+    source = resolve_workload(scenario.topology, args.source)
+    if isinstance(source, Unresolved):
+        return _explain_error("FROM", args.source, source)
     target_text, _, port_key = args.target.partition(":")
-    target_refs = find(target_text)
-    for what, ref, found in (("FROM", args.source, source_refs), ("TO", target_text, target_refs)):
-        if len(found) != 1:
-            known = ", ".join(w.ref for w in topology.workloads)
-            problem = "is ambiguous" if found else "is not a workload of the scenario"
-            print(f"error: {what} '{ref}' {problem}; workloads: {known}", file=sys.stderr)
-            return 2
-    source, target = topology.workload(source_refs[0]), topology.workload(target_refs[0])
-    assert source is not None and target is not None
-    ports = [target.port(int(port_key) if port_key.isdigit() else port_key)] if port_key else list(target.ports)
-    if not ports or ports[0] is None:
-        listing = ", ".join(f"{p.port} ({p.name})" for p in target.ports) or "none: it is a client only"
-        print(f"error: {target.ref} has no port '{port_key}'; its ports: {listing}", file=sys.stderr)
-        return 2
+    target = resolve_workload(scenario.topology, target_text)
+    if isinstance(target, Unresolved):
+        return _explain_error("TO", args.target, target)
+    if port_key or not target.ports:
+        port = resolve_port(target, port_key or None)
+        if isinstance(port, Unresolved):
+            return _explain_error("TO", args.target, port)
+        ports = [port]
+    else:
+        ports = list(target.ports)  # no port named: every port of the server
     for port in ports:
-        assert port is not None
         prediction = semantics.predict(scenario, source, target, port)
         print(f"{source.ref} -> {target.ref}:{port.port} (container port {port.target_port}, {port.protocol})")
         print(f"  result: {prediction.result.value}")
@@ -120,26 +159,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    status = 0
-    for path in args.files:
-        scenario = _load(path)
-        if scenario is None:
-            status = 1
-            continue
+    scenarios, failed = _load_all(args.files)
+    status = 1 if failed else 0
+    for scenario in scenarios:
         agree = disagree = unknown = 0
         for exp in scenario.expectations:
             prediction = semantics.predict(scenario, exp.source, exp.target, exp.port, exp.request)
             if prediction.result is Result.UNKNOWN:
                 unknown += 1
-                print(f"{exp.mark}: note: {exp.pair}: the oracle cannot check this row: "
-                      f"{prediction.reason.removeprefix('unknown: ')}")
+                print(f"{exp.mark}: note: {exp.pair}: the oracle cannot check this row: {prediction.reason}")
             elif exp.result.covers(prediction.result):
                 agree += 1
             else:
                 disagree += 1
                 print(f"{exp.mark}: disagreement: {exp.pair} expects {exp.result.value}, the oracle predicts "
                       f"{prediction.result.value}: {prediction.reason}")
-        print(f"{display_path(scenario.path)}: {agree} agree, {disagree} disagree, {unknown} not predictable")
+        print(f"{display_path(scenario.path)}: {plural(agree, 'agrees', 'agree')}, "
+              f"{plural(disagree, 'disagrees', 'disagree')}, {unknown} not predictable")
         if disagree:
             status = 1
     return status
@@ -152,12 +188,20 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("error: cleanup removes network namespaces and needs root (sudo)", file=sys.stderr)
         return 2
-    from .backends.local.state import sweep
-
-    removed = sweep(include_kept=True, only=args.run)
     from .backends.local.agent import SHARED_BIN
-    from .backends.local.state import STATE_ROOT
+    from .backends.local.state import PREFIX, STATE_ROOT, RunState, sweep
+    from .backends.local.system import NETNS_DIR
 
+    if args.run is not None:  # a mistyped id must not look like a successful cleanup
+        states = [RunState.load(d) for d in sorted(STATE_ROOT.iterdir())] if STATE_ROOT.is_dir() else []
+        runs = [s.run_id for s in states if s is not None]
+        orphans = os.path.isdir(NETNS_DIR) and any(n.startswith(f"{PREFIX}-{args.run}-") for n in os.listdir(NETNS_DIR))
+        if args.run not in runs and not orphans:
+            print(f"error: no local run '{args.run}' here{did_you_mean(args.run, runs)}\n"
+                  f"    fix: use a run id printed when a run was kept ({', '.join(runs) or 'none exist now'}), "
+                  f"or run `pytest-istio-mtls cleanup` without --run", file=sys.stderr)
+            return 1
+    removed = sweep(include_kept=True, only=args.run)
     live = STATE_ROOT.is_dir() and any(not p.name.startswith(".") for p in STATE_ROOT.iterdir())
     if not live and SHARED_BIN.is_dir():  # the executable copies that runs share, once no run uses them
         import shutil
@@ -166,7 +210,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         removed.append(f"shared sidecar binaries {SHARED_BIN}")
     for line in removed:
         print(line)
-    print(f"{len(removed)} local run(s) removed" if removed else "nothing to remove")
+    if args.run is not None and not any(line.startswith(f"run {args.run}:") or f"-{args.run}-" in line
+                                        for line in removed):
+        print(f"error: run {args.run} belongs to a pytest process that is still running; it tears itself "
+              f"down when it ends", file=sys.stderr)
+        return 1
+    if not removed:
+        print("nothing to remove")
     return 0
 
 
@@ -186,13 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    paths = ("scenario files or directories (every *.yaml and *.yml scenario under them), or 'builtin' for the "
+             "library shipped with the plugin")
     p = sub.add_parser("validate", help="check scenario files; exit 1 with file:line:column errors")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="PATH", help=paths)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("predict", help="the truth table Istio's rules predict for every client × server port")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("--json", action="store_true", help="print {scenario, rows: [{from, to, port, result, reason}]}")
+    p.add_argument("files", nargs="+", metavar="PATH", help=paths)
+    p.add_argument("--json", action="store_true",
+                   help="print one line per scenario: {scenario, rows: [{from, to, port, result, reason}]}")
     p.add_argument("--report", metavar="DIR", help="also write report.json, report.md and report.html into DIR")
     p.set_defaults(func=cmd_predict)
 
@@ -204,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("check", help="compare each file's explicit expectations with the oracle")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="PATH", help=paths)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("cleanup", help="remove kept or stale local-backend runs (network namespaces, proxies, "

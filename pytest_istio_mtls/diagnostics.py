@@ -60,3 +60,13 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
             match = [lowered[word.lower()]]
     return f"; did you mean '{match[0]}'?" if match else ""
 
+
+
+def plural(count: int, singular: str, plural_form: str = "") -> str:
+    """``1 policy``, ``2 policies``: counts in messages and reports read as English."""
+    if count == 1:
+        return f"{count} {singular}"
+    if not plural_form:
+        plural_form = singular[:-1] + "ies" if singular.endswith("y") and singular[-2:-1] not in "aeiou" else (
+            singular + ("es" if singular.endswith(("s", "x", "ch", "sh")) else "s"))
+    return f"{count} {plural_form}"

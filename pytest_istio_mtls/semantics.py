@@ -445,11 +445,11 @@ def unmodelled(scenario: Scenario, client: Workload, server: Workload, request: 
             if policy.spec.get("targetRef") or policy.spec.get("targetRefs"):
                 if policy.namespace in (server.namespace, root):
                     return (f"AuthorizationPolicy {policy.namespace}/{policy.name} uses targetRef(s); "
-                            "authorization is not predicted: write an explicit expectation")
+                            "authorization is not predicted")
                 continue
             if _binds(policy, server, root):
                 return (f"AuthorizationPolicy {policy.namespace}/{policy.name} ({action}) applies to {server.ref}; "
-                        "authorization is not predicted: write an explicit expectation")
+                        "authorization is not predicted")
         elif kind == "RequestAuthentication" and allowed and server.sidecar and _binds(policy, server, root):
             if any(h.lower() == "authorization" for h in request.headers):
                 return (f"RequestAuthentication {policy.namespace}/{policy.name} validates the request's token; "
@@ -516,14 +516,14 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
     steps = [*server.steps, *client.steps]
     if client.unknown:
         steps.append(Step("X3", client.unknown))
-        return Prediction(source, target, port, Result.UNKNOWN, f"unknown: {client.unknown}", tuple(steps),
+        return Prediction(source, target, port, Result.UNKNOWN, client.unknown, tuple(steps),
                           server, client, request)
     result, why, step = _outcome(client, server)
     steps.append(step)
     limit = unmodelled(scenario, source, target, request, allowed=result in (Result.MTLS, Result.PLAINTEXT))
     if limit:
         steps.append(Step("X2", limit))
-        return Prediction(source, target, port, Result.UNKNOWN, f"unknown: {limit}", tuple(steps), server, client,
+        return Prediction(source, target, port, Result.UNKNOWN, limit, tuple(steps), server, client,
                           request)
     if result is Result.UNKNOWN:
         reason = f"{_server_text(server, port)}; {client.summary} → unknown: {why}"
@@ -533,10 +533,12 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
 
 
 def predict_all(scenario: Scenario) -> list[Prediction]:
-    """Every workload × every server port, in topology order (the ``predict`` truth table)."""
+    """Every workload × every other workload's server port, in topology order (the ``predict`` truth table
+    and ``expect: derived``); a workload calling itself is not a connection between two workloads."""
     return [
         predict(scenario, source, target, port)
         for source in scenario.topology.workloads
         for target in scenario.topology.servers
+        if target.ref != source.ref
         for port in target.ports
     ]

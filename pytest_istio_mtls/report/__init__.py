@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 from .model import Report
 
+REPORT_FILES = ("report.json", "report.md", "report.html")
+CAPTURE_DIRS = ("captures", "pcaps")  # the local backend's captures/<scenario>/, kind's and existing's pcaps/
+
+
+def clear(directory: Path) -> list[Path]:
+    """Remove what an earlier run wrote into ``directory`` (so a re-run shows no stale captures), and
+    nothing else: the report files, the ``*.pcap`` files under the capture directories, and those
+    directories once empty. Returns what was removed."""
+    removed = []
+    for path in (directory / name for name in REPORT_FILES):
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    for folder in (directory / name for name in CAPTURE_DIRS):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for root, _, files in os.walk(folder, topdown=False):  # symbolic links are not followed
+            for name in files:
+                if name.endswith(".pcap"):
+                    (Path(root) / name).unlink()
+                    removed.append(Path(root) / name)
+            with contextlib.suppress(OSError):  # left in place when something else is in it
+                os.rmdir(root)
+    return removed
+
 
 def write_all(report: Report, directory: Path) -> list[Path]:
+    """report.json, report.md and report.html; links in them to captures are relative to ``directory``."""
     from .html import render_html
     from .markdown import render_markdown
 

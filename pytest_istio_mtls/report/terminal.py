@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..diagnostics import plural
 from ..model import Result
 from .model import Report, Row, ScenarioReport
 
@@ -93,7 +94,7 @@ def predicted_counts(rows: list[Row]) -> str:
     rank = {result: index for index, result in enumerate(PREDICTED_ORDER)}
     order = sorted(counts, key=lambda result: rank.get(result, len(rank)))
     parts = ", ".join(f"{counts[result]} {result}" for result in order)
-    return f"{len(rows)} pairs" + (f": {parts}" if parts else "")
+    return plural(len(rows), "pair") + (f": {parts}" if parts else "")
 
 
 def duration_text(seconds: float) -> str:
@@ -104,7 +105,7 @@ def duration_text(seconds: float) -> str:
 
 
 def run_counts(counts: dict[str, int]) -> str:
-    return f"{counts['correct']} correct, {counts['wrong']} wrong, {counts['error']} errors"
+    return f"{counts['correct']} correct, {counts['wrong']} wrong, {plural(counts['error'], 'error')}"
 
 
 def cell_text(row: Row, marks: Mapping[str, str] = MARKS, *, terse: bool = False) -> str:

@@ -34,29 +34,90 @@ expect:
 """
 
 
+AUTHZ = """
+name: authz
+topology:
+  namespaces:
+    foo: {sidecars: true}
+  workloads:
+    - {name: httpbin, namespace: foo, ports: [{name: http, port: 8000, targetPort: 8080}]}
+    - {name: curl, namespace: foo}
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: deny-all, namespace: foo}
+  spec: {}
+expect:
+  - {from: curl.foo, to: "httpbin.foo:8000", result: denied}
+"""
+MANIFEST = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+"""
+REPO = Path(__file__).parents[2]
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_validate_ok_and_broken(write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
-    """validate exits 0 for a good file and 1 with file:line:column for a broken one."""
-    good = write_scenario(DOCS_STYLE, "good.yaml")
-    bad = write_scenario(DOCS_STYLE.replace("STRICT", "STRICTER"), "bad.yaml")
-    code, out, _ = run(capsys, "validate", str(good))
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from tmp_path, so paths print relative to it as a user sees them."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_validate_ok_and_broken(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """validate exits 0 for a good file and 1 with file:line:column for a broken one; counts read as English."""
+    (here / "good.yaml").write_text(DOCS_STYLE)
+    (here / "bad.yaml").write_text(DOCS_STYLE.replace("STRICT", "STRICTER"))
+    assert run(capsys, "validate", "good.yaml") == (0, "good.yaml: ok (foo-strict: 2 expectations, 1 policy)\n", "")
+    code, out, err = run(capsys, "validate", "good.yaml", "bad.yaml")
+    assert (code, out) == (1, "good.yaml: ok (foo-strict: 2 expectations, 1 policy)\n")
+    assert err.splitlines() == [
+        "bad.yaml:15:23: error: invalid mtls.mode 'STRICTER' in PeerAuthentication foo/default; "
+        "did you mean 'STRICT'?",
+        "    fix: use one of UNSET, DISABLE, PERMISSIVE, STRICT",
+    ]
+
+
+def test_validate_reads_directories_like_pytest(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate .` reads every scenario file under the directory (nested, *.yml too), not policy manifests
+    or hidden directories, and takes several paths; a directory without scenarios is an error."""
+    (here / "mesh/deep").mkdir(parents=True)
+    (here / "mesh/.cache").mkdir()
+    (here / "mesh/b.yaml").write_text(DOCS_STYLE.replace("foo-strict", "b"))
+    (here / "mesh/deep/a.yml").write_text(DOCS_STYLE.replace("foo-strict", "a").replace("  - {from: curl.legacy, "
+                                                                                         "to: httpbin.foo, "
+                                                                                         "result: refused}\n", ""))
+    (here / "mesh/peer-auth.yaml").write_text(MANIFEST)
+    (here / "mesh/.cache/x.yaml").write_text("expect: [")
+    (here / "empty").mkdir()
+    assert run(capsys, "validate", ".") == (0, (
+        "mesh/b.yaml: ok (b: 2 expectations, 1 policy)\n"
+        "mesh/deep/a.yml: ok (a: 1 expectation, 1 policy)\n"), "")
+    assert run(capsys, "validate", "empty", "mesh/deep") == (1, "mesh/deep/a.yml: ok (a: 1 expectation, 1 policy)\n", (
+        "empty: error: no scenario files (*.yaml, *.yml) in this directory\n"
+        "    fix: name scenario files, or a directory that holds them\n"))
+
+
+def test_the_builtin_library_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """`builtin` names the shipped library, as `pytest --istio-scenarios builtin` does."""
+    code, out, _ = run(capsys, "validate", "builtin")
     assert code == 0
-    assert "ok (foo-strict: 2 expectations, 1 policies)" in out
-    code, out, err = run(capsys, "validate", str(good), str(bad))
-    assert code == 1
-    assert "bad.yaml:15:23: error: invalid mtls.mode 'STRICTER' in PeerAuthentication foo/default" in err
-    assert "Traceback" not in err + out
+    assert [line.rsplit("/", 1)[1].split(":")[0] for line in out.splitlines()] == sorted(
+        p.name for p in (REPO / "pytest_istio_mtls/scenarios").glob("*.yaml"))
 
 
-def test_predict_json_is_exactly_the_public_shape(write_scenario: Callable[..., Path],
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """predict --json prints {scenario, rows[{from,to,port,result,reason}]} for every workload × server port."""
-    code, out, _ = run(capsys, "predict", str(write_scenario(DOCS_STYLE)), "--json")
+def test_predict_json_is_exactly_the_public_shape(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """predict --json prints one line {scenario, rows[{from,to,port,result,reason}]} per scenario, for every
+    client × other workload's server port (a workload calling itself is not in the table)."""
+    (here / "a.yaml").write_text(DOCS_STYLE)
+    code, out, _ = run(capsys, "predict", "a.yaml", "--json")
     assert code == 0
     data = json.loads(out)
     assert set(data) == {"scenario", "rows"}
@@ -64,7 +125,6 @@ def test_predict_json_is_exactly_the_public_shape(write_scenario: Callable[..., 
     assert all(set(row) == {"from", "to", "port", "result", "reason"} for row in data["rows"])
     cells = {(r["from"], r["to"], r["port"]): r["result"] for r in data["rows"]}
     assert cells == {
-        ("httpbin.foo", "httpbin.foo", 8000): "mtls",
         ("curl.foo", "httpbin.foo", 8000): "mtls",
         ("curl.legacy", "httpbin.foo", 8000): "refused",
     }
@@ -74,12 +134,27 @@ def test_predict_json_is_exactly_the_public_shape(write_scenario: Callable[..., 
                                         "plaintext → refused")
 
 
-def test_predict_table(write_scenario: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
-    """The truth table has clients as rows and server:port as columns."""
-    code, out, _ = run(capsys, "predict", str(write_scenario(DOCS_STYLE)))
+def test_predict_takes_several_files_and_directories(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like pytest, predict takes many paths: one table per scenario, one JSON line per scenario."""
+    (here / "mesh").mkdir()
+    (here / "mesh/a.yaml").write_text(DOCS_STYLE)
+    (here / "authz.yaml").write_text(AUTHZ)
+    assert run(capsys, "predict", "mesh", "authz.yaml") == (0, (
+        "oracle prediction (no mesh)\n"
+        "\n"
+        "foo-strict  (mesh/a.yaml)\n"
+        "             httpbin.foo:8000\n"
+        "curl.foo     mtls\n"
+        "curl.legacy  refused\n"
+        "2 pairs: 1 mtls, 1 refused\n"
+        "\n"
+        "authz  (authz.yaml)\n"
+        "          httpbin.foo:8000\n"
+        "curl.foo  unknown\n"
+        "1 pair: 1 unknown\n"), "")
+    code, out, _ = run(capsys, "predict", "mesh", "authz.yaml", "--json")
     assert code == 0
-    assert "curl.legacy  refused" in out
-    assert "httpbin.foo:8000" in out
+    assert [json.loads(line)["scenario"] for line in out.splitlines()] == ["foo-strict", "authz"]
 
 
 def test_predict_report_files_follow_the_schema(write_scenario: Callable[..., Path], tmp_path: Path,
@@ -87,7 +162,7 @@ def test_predict_report_files_follow_the_schema(write_scenario: Callable[..., Pa
     """predict --report writes report.json (valid against the shipped schema), report.md and report.html."""
     code, _, _ = run(capsys, "predict", str(write_scenario(DOCS_STYLE)), "--report", str(tmp_path / "out"))
     assert code == 0
-    schema = json.loads((Path(__file__).parents[2] / "pytest_istio_mtls/report/report.schema.json").read_text())
+    schema = json.loads((REPO / "pytest_istio_mtls/report/report.schema.json").read_text())
     report = json.loads((tmp_path / "out/report.json").read_text())
     jsonschema.validate(report, schema)
     assert report["backend"] == "predict"
@@ -106,28 +181,82 @@ def test_explain_prints_the_decision_chain(write_scenario: Callable[..., Path],
     assert "[O5] curl.legacy has no sidecar" in out
 
 
-def test_explain_unknown_workload_is_a_usage_error(write_scenario: Callable[..., Path],
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """A workload that is not in the scenario exits 2 with the list of workloads."""
-    code, _, err = run(capsys, "explain", str(write_scenario(DOCS_STYLE)), "sleep.legacy", "httpbin.foo")
-    assert code == 2
-    assert "FROM 'sleep.legacy' is not a workload of the scenario; workloads: httpbin.foo, curl.foo, curl.legacy" in err
-
-
-def test_check_reports_disagreements_with_their_line(write_scenario: Callable[..., Path],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """check exits 1 and points at the row whose expectation the oracle contradicts."""
-    path = write_scenario(DOCS_STYLE.replace("result: refused", "result: plaintext"))
-    code, out, _ = run(capsys, "check", str(path))
-    assert code == 1
-    assert ":18:5: disagreement: curl.legacy->httpbin.foo:8000 expects plaintext, the oracle predicts refused" in out
-    code, out, _ = run(capsys, "check", str(write_scenario(DOCS_STYLE, "ok.yaml")))
+def test_explain_an_unknown_says_unknown_once(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The reason of a pair the oracle cannot predict is the why, not "unknown: " again."""
+    (here / "authz.yaml").write_text(AUTHZ)
+    code, out, _ = run(capsys, "explain", "authz.yaml", "curl.foo", "httpbin.foo")
     assert code == 0
-    assert out.strip().endswith("2 agree, 0 disagree, 0 not predictable")
+    assert out.splitlines()[1:3] == [
+        "  result: unknown",
+        "  reason: AuthorizationPolicy foo/deny-all (ALLOW) applies to httpbin.foo; authorization is not predicted",
+    ]
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "pytest_istio_mtls/scenarios").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+def test_derived_rows_leave_out_self_calls(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`expect: derived` is every client × every other workload's server port: httpbin.foo calling itself is no row."""
+    (here / "derived.yaml").write_text(DOCS_STYLE.split("expect:", maxsplit=1)[0] + "expect: derived\n")
+    assert run(capsys, "validate", "derived.yaml") == (0, "derived.yaml: ok (foo-strict: 2 expectations, 1 policy)\n",
+                                                        "")
+
+
+@pytest.mark.parametrize(("source", "target", "error"), [
+    ("sleep.legacy", "httpbin.foo", "error: FROM 'sleep.legacy': unknown workload 'sleep.legacy'; "
+                                    "did you mean 'curl.legacy'?\n"
+                                    "    fix: workloads: httpbin.foo, curl.foo, curl.legacy\n"),
+    ("curl", "httpbin.foo", "error: FROM 'curl': workload name 'curl' is ambiguous: it exists in foo, legacy\n"
+                            "    fix: write one of curl.foo, curl.legacy\n"),
+    ("curl.foo", "httpbn.foo:8000", "error: TO 'httpbn.foo:8000': unknown workload 'httpbn.foo'; "
+                                    "did you mean 'httpbin.foo'?\n"
+                                    "    fix: workloads: httpbin.foo, curl.foo, curl.legacy\n"),
+    ("curl.foo", "httpbin.foo:8080", "error: TO 'httpbin.foo:8080': 8080 is the container port of httpbin.foo; "
+                                     "expectations name the Service port\n"
+                                     "    fix: write httpbin.foo:8000\n"),
+    ("curl.foo", "httpbin.foo:htp", "error: TO 'httpbin.foo:htp': httpbin.foo has no port 'htp'; "
+                                    "did you mean 'http'?\n"
+                                    "    fix: its ports: 8000 (http)\n"),
+    ("curl.foo", "curl.legacy", "error: TO 'curl.legacy': curl.legacy has no ports: it is a client only and "
+                                "cannot be probed\n"
+                                "    fix: probe a workload that declares ports, or add ports to this one\n"),
+])
+def test_explain_names_what_is_wrong_like_validate(here: Path, capsys: pytest.CaptureFixture[str], source: str,
+                                                   target: str, error: str) -> None:
+    """explain resolves FROM and TO with validation's rules: did-you-mean, ambiguity, the container-port hint."""
+    (here / "a.yaml").write_text(DOCS_STYLE)
+    assert run(capsys, "explain", "a.yaml", source, target) == (2, "", error)
+
+
+def test_explain_reads_one_file(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "explain", ".", "curl.foo", "httpbin.foo") == (2, "", (
+        "error: . is a directory; explain reads one scenario file\n"
+        "    fix: name one file, e.g. one that `pytest-istio-mtls validate .` lists\n"))
+
+
+def test_check_reports_disagreements_with_their_line(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check exits 1 and points at the row whose expectation the oracle contradicts; it takes several paths."""
+    (here / "bad.yaml").write_text(DOCS_STYLE.replace("result: refused", "result: plaintext"))
+    (here / "ok").mkdir()
+    (here / "ok/good.yaml").write_text(DOCS_STYLE)
+    assert run(capsys, "check", "bad.yaml", "ok") == (1, (
+        "bad.yaml:18:5: disagreement: curl.legacy->httpbin.foo:8000 expects plaintext, the oracle predicts "
+        "refused: httpbin.foo:8000 (container port 8080) is STRICT by PeerAuthentication foo/default "
+        "(namespace-wide); curl.legacy has no sidecar and sends plaintext → refused (the server sidecar resets "
+        "the plaintext connection)\n"
+        "bad.yaml: 1 agrees, 1 disagrees, 0 not predictable\n"
+        "ok/good.yaml: 2 agree, 0 disagree, 0 not predictable\n"), "")
+    assert run(capsys, "check", "ok") == (0, "ok/good.yaml: 2 agree, 0 disagree, 0 not predictable\n", "")
+
+
+def test_check_notes_rows_it_cannot_predict_without_asking_for_what_they_are(
+        here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A row the oracle cannot check is already an explicit expectation: the note says why, not "write one"."""
+    (here / "authz.yaml").write_text(AUTHZ)
+    assert run(capsys, "check", "authz.yaml") == (0, (
+        "authz.yaml:15:5: note: curl.foo->httpbin.foo:8000: the oracle cannot check this row: AuthorizationPolicy "
+        "foo/deny-all (ALLOW) applies to httpbin.foo; authorization is not predicted\n"
+        "authz.yaml: 0 agree, 0 disagree, 1 not predictable\n"), "")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pytest_istio_mtls/scenarios").glob("*.yaml")), ids=lambda p: p.stem)
 def test_builtin_scenarios_agree_with_the_oracle(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Every built-in scenario's explicit expectations are confirmed by `check`."""
     code, out, _ = run(capsys, "check", str(path))

@@ -35,7 +35,9 @@ def check_docker(env: Mapping[str, str] | None = None, which: Callable[[str], st
     provider = env.get("KIND_EXPERIMENTAL_PROVIDER", "docker") or "docker"
     binary = which(provider)
     if binary is None:
-        raise BackendUnavailable(f"the kind backend needs Docker, but `{provider}` is not on PATH; {NO_DOCKER_HINT}")
+        raise BackendUnavailable(f"the kind backend needs Docker, but `{provider}` is not on PATH; install "
+                                 f"{'Docker' if provider == 'docker' else provider}, or run without a cluster: "
+                                 f"--istio-backend=local")
     try:
         done = run([binary, "info", "--format", INFO_FORMATS.get(provider, "{{.ServerVersion}}")], capture_output=True,
                    text=True, timeout=DOCKER_TIMEOUT)
