@@ -47,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = options.resolve(config)
     config.stash[SETTINGS_KEY] = settings
     config.addinivalue_line("markers", "istio_scenario: an item collected from an Istio mTLS scenario file")
+    from .report.hooks import ReportHooks
+
+    config.pluginmanager.register(ReportHooks(config, settings.report), "istio-mtls-report")
     if settings.scenarios is None:
         return
     explicit = config.args_source == pytest.Config.ArgsSource.ARGS
@@ -156,14 +159,10 @@ class ProbeItem(pytest.Item):
             pytest.exit(f"istio-mtls: the {self.config.stash[SETTINGS_KEY].backend} backend cannot run here: {exc}",
                         returncode=pytest.ExitCode.USAGE_ERROR)
         self._outcome = outcome
-        self.user_properties.append(("istio_expected", self.expectation.result.value))
-        self.user_properties.append(("istio_predicted", outcome.prediction.result.value))
-        if outcome.observed is not None:
-            self.user_properties.append(("istio_observed", outcome.observed.value))
-        if outcome.observation is not None:
-            import json
+        from .report.junit import properties
 
-            self.user_properties.append(("istio_evidence", json.dumps(outcome.observation.to_json())))
+        self.user_properties += properties(outcome, self.config.stash[SETTINGS_KEY].report,
+                                           self.config.getoption("xmlpath", None))
         for title, text in outcome.diagnostics.items():
             self.add_report_section("setup", f"istio {title}", text)
         if outcome.status == "error":

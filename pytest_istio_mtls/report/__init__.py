@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from .model import Report
+from .model import Report, Row
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 CAPTURE_DIRS = ("captures", "pcaps")  # the local backend's captures/<scenario>/, kind's and existing's pcaps/
@@ -35,12 +37,44 @@ def clear(directory: Path) -> list[Path]:
     return removed
 
 
+def _capture(row: Row) -> dict[str, Any] | None:
+    """The capture part of a row's observation (``evidence.evidence.capture`` in report.json)."""
+    capture = ((row.evidence or {}).get("evidence") or {}).get("capture")
+    return capture if isinstance(capture, dict) else None
+
+
+def capture_path(row: Row) -> str:
+    """The row's kept capture file ("" when none), as its evidence records it."""
+    capture = _capture(row)
+    return str(capture.get("pcap") or "") if capture is not None else ""
+
+
+def relative_captures(report: Report, directory: Path) -> Report:
+    """A copy whose capture paths (evidence and message) are relative to ``directory``, where the report files
+    go, so their links still work once the directory is uploaded as a CI artifact or moved. Paths outside
+    it, or already relative, are left as they are."""
+    base = directory.resolve()
+
+    def relative(row: Row) -> Row:
+        path = capture_path(row)
+        if not path or not Path(path).is_absolute() or base not in Path(path).resolve().parents:
+            return row
+        text = Path(path).resolve().relative_to(base).as_posix()
+        assert row.evidence is not None
+        recorded = {**row.evidence["evidence"], "capture": {**(_capture(row) or {}), "pcap": text}}
+        evidence = {**row.evidence, "evidence": recorded}
+        return replace(row, evidence=evidence, message=row.message.replace(path, text))
+
+    return replace(report, scenarios=[replace(s, rows=[relative(r) for r in s.rows]) for s in report.scenarios])
+
+
 def write_all(report: Report, directory: Path) -> list[Path]:
-    """report.json, report.md and report.html; links in them to captures are relative to ``directory``."""
+    """report.json, report.md and report.html; their capture paths are relative to ``directory``."""
     from .html import render_html
     from .markdown import render_markdown
 
     directory.mkdir(parents=True, exist_ok=True)
+    report = relative_captures(report, directory)
     written = []
     for name, text in (
         ("report.json", json.dumps(report.to_json(), indent=2) + "\n"),

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from html import escape
+from urllib.parse import quote
 
-from .model import Report, Row, ScenarioReport
+from . import capture_path
+from .model import Report, Row, ScenarioReport, row_anchor
 from .terminal import (
     cell_text,
     disagrees,
@@ -39,7 +41,9 @@ td.none { color: #8c959f; text-align: center; }
      color: inherit; text-decoration: none; white-space: nowrap; }
 .r-mtls { background: #b7e4c0; }
 .r-plaintext { background: #ffd98a; }
-.r-refused, .r-unavailable, .r-denied { background: #c3d3e6; }
+.r-refused { background: #c3d3e6; }
+.r-unavailable { background: #dccdf2; }
+.r-denied { background: #f4c7b8; }
 .r-unknown, .r-error { background: #eaeef2; }
 .s-wrong { border: 3px solid #cf222e; }
 .s-error { border: 3px dashed #cf222e; }
@@ -48,6 +52,8 @@ td.none { color: #8c959f; text-align: center; }
 .legend .c { display: inline-block; }
 .error-box { border-left: 4px solid #cf222e; padding: .4em .8em; background: #fff1f0; }
 .warnings { border-left: 4px solid #bf8700; padding: .4em .8em; background: #fff8c5; }
+.failures { border-left: 4px solid #cf222e; padding: .2em .8em; }
+.failures h2 { margin-top: .4em; border: none; }
 details { margin: .3em 0; }
 summary { cursor: pointer; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; margin: .5em 0 .5em 1.5em; }
@@ -74,13 +80,28 @@ def _classes(row: Row) -> str:
     return escape(" ".join(classes))
 
 
-def _anchor(scenario_index: int, row_index: int) -> str:
-    return f"s{scenario_index}-r{row_index}"
+def _anchors(report: Report) -> dict[int, str]:
+    """Each row's id on the page (by ``id(row)``): row_anchor, with a suffix in the rare case two rows share it."""
+    anchors: dict[int, str] = {}
+    seen: set[str] = set()
+    for scenario in report.scenarios:
+        for row in scenario.rows:
+            anchor = base = row_anchor(scenario.file, row)
+            number = 1
+            while anchor in seen:
+                number += 1
+                anchor = f"{base}-{number}"
+            seen.add(anchor)
+            anchors[id(row)] = anchor
+    return anchors
 
 
-def _matrix(scenario: ScenarioReport, index: int) -> list[str]:
+def _failing(row: Row) -> bool:
+    return row.status in ("wrong", "error") or (row.status == "predicted" and disagrees(row))
+
+
+def _matrix(scenario: ScenarioReport, anchors: dict[int, str]) -> list[str]:
     grid = matrix(scenario)
-    anchors = {id(row): _anchor(index, number) for number, row in enumerate(scenario.rows)}
     out = ['<table class="matrix">', "<thead><tr><th>from \\ to</th>"]
     out += [f'<th scope="col">{escape(column)}</th>' for column in grid.columns]
     out.append("</tr></thead><tbody>")
@@ -112,6 +133,9 @@ def _details(row: Row, anchor: str) -> list[str]:
         fields.append(("message", f"<pre>{escape(row.message)}</pre>"))
     if row.because:
         fields.append(("because", "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in row.because) + "</ul>"))
+    pcap = capture_path(row)
+    if pcap:
+        fields.append(("capture", f'<a href="{escape(quote(pcap))}">{escape(pcap)}</a>'))
     if row.evidence is not None:
         evidence = json.dumps(row.evidence, indent=2, ensure_ascii=False, default=str)
         fields.append(("evidence", f"<pre>{escape(evidence)}</pre>"))
@@ -120,7 +144,7 @@ def _details(row: Row, anchor: str) -> list[str]:
     return [f'<details id="{anchor}"{opened}><summary>{escape(summary)}</summary><dl>{body}</dl></details>']
 
 
-def _scenario(scenario: ScenarioReport, index: int, predict: bool) -> list[str]:
+def _scenario(scenario: ScenarioReport, index: int, predict: bool, anchors: dict[int, str]) -> list[str]:
     counts = predicted_counts(scenario.rows) if predict else run_counts(scenario.counts())
     out = [f'<section id="s{index}">', f"<h2>{escape(scenario.name)}</h2>",
            f'<p class="file">{escape(scenario.file)}</p>']
@@ -133,23 +157,45 @@ def _scenario(scenario: ScenarioReport, index: int, predict: bool) -> list[str]:
     if scenario.warnings:
         out.append('<ul class="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in scenario.warnings) + "</ul>")
     if scenario.rows:
-        out += _matrix(scenario, index)
+        out += _matrix(scenario, anchors)
     out.append(f"<p>{escape(counts)}</p>")
-    for number, row in enumerate(scenario.rows):
-        out += _details(row, _anchor(index, number))
+    for row in scenario.rows:
+        out += _details(row, anchors[id(row)])
     out.append("</section>")
     return out
 
 
 def _legend(predict: bool) -> str:
-    swatches = [("c r-mtls", "mtls"), ("c r-plaintext", "plaintext"),
-                ("c r-refused", "refused / unavailable / denied"), ("c r-unknown", "unknown")]
+    swatches = [("c r-mtls", "mtls"), ("c r-plaintext", "plaintext"), ("c r-refused", "refused"),
+                ("c r-unavailable", "unavailable"), ("c r-denied", "denied"), ("c r-unknown", "unknown")]
     if predict:
         swatches.append(("c s-disagree", "the scenario file expects otherwise"))
     else:
         swatches += [("c s-wrong", "wrong"), ("c s-error", "error")]
     spans = "".join(f'<span class="{css}">{text}</span>' for css, text in swatches)
     return f'<div class="legend">{spans}</div>'
+
+
+def _index(report: Report, anchors: dict[int, str], predict: bool) -> list[str]:
+    """The failures (or disagreements) at the top of the page, each a link to its row's details."""
+    items = []
+    for index, scenario in enumerate(report.scenarios):
+        if scenario.error:
+            items.append(f'<li><a href="#s{index}">{escape(scenario.name)}</a>: scenario error: '
+                         f"{escape(error_summary(scenario.error))}</li>")
+        for row in filter(_failing, scenario.rows):
+            if row.status == "predicted":
+                what = f"the file expects {row.expected}, the oracle predicts {row.predicted}"
+            elif row.status == "wrong":
+                what = f"expected {expected_text(row)}, observed {observed_text(row)}"
+            else:
+                what = f"expected {expected_text(row)}: error: {error_summary(row.message)}"
+            items.append(f'<li><a href="#{anchors[id(row)]}">{escape(scenario.name)}: {escape(pair_text(row))}</a> '
+                         f"{escape(what)}</li>")
+    if not items:
+        return []
+    title = "Disagreements" if predict else "Failures"
+    return [f'<nav class="failures"><h2>{title}</h2><ul>', *items, "</ul></nav>"]
 
 
 def render_html(report: Report) -> str:
@@ -179,7 +225,9 @@ def render_html(report: Report) -> str:
         f"<p><strong>{escape(summary)}</strong></p>",
         _legend(predict),
     ]
+    anchors = _anchors(report)
+    out += _index(report, anchors, predict)
     for index, scenario in enumerate(report.scenarios):
-        out += _scenario(scenario, index, predict)
+        out += _scenario(scenario, index, predict, anchors)
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"

@@ -8,8 +8,11 @@ whole would not. Raw evidence is never included: report.json and report.html car
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
-from .model import Report, Row, ScenarioReport
+from ..diagnostics import plural
+from . import capture_path
+from .model import Report, Row, ScenarioReport, row_anchor
 from .terminal import (
     cell_text,
     disagrees,
@@ -27,6 +30,7 @@ CAP_BYTES = 900 * 1024
 # One failure message may carry pages of diagnostics; cap each so many rows fit, not just the first.
 MESSAGE_LINES = 60
 MESSAGE_CHARS = 6000
+INDEX_ENTRIES = 200  # the failures index links this many rows at most
 _SPECIAL = re.compile(r"([\\`*_\[\]|])")
 _MARKS = {"correct": "✅", "wrong": "❌", "error": "⚠️"}
 
@@ -41,7 +45,7 @@ def _size(lines: list[str]) -> int:
 
 
 def _counts(counts: dict[str, int]) -> str:
-    return f"✅ {counts['correct']} correct · ❌ {counts['wrong']} wrong · ⚠️ {counts['error']} errors"
+    return f"✅ {counts['correct']} correct · ❌ {counts['wrong']} wrong · ⚠️ {plural(counts['error'], 'error')}"
 
 
 def _table(scenario: ScenarioReport) -> list[str]:
@@ -68,22 +72,53 @@ def _fenced(text: str, indent: str) -> list[str]:
     return [f"{indent}{fence}text", *(indent + line for line in lines), f"{indent}{fence}"]
 
 
-def _item(row: Row) -> list[str]:
-    """One wrong/errored row (or, in a prediction, a disagreement) of the details list."""
-    pair = f"**{_md(pair_text(row))}**"
+def _failing(row: Row) -> bool:
+    """Rows the details list and the failures index show: wrong, errored, or a prediction the file contradicts."""
+    return row.status in ("wrong", "error") or (row.status == "predicted" and disagrees(row))
+
+
+def _summary(row: Row) -> str:
+    """What went wrong with one row, in one line (after its pair)."""
     if row.status == "predicted":
-        return [f"- {pair}: the file expects {_md(row.expected or '')}, the oracle predicts "
-                f"{_md(row.predicted)}: {_md(row.reason)}"]
+        return (f"the file expects {_md(row.expected or '')}, the oracle predicts {_md(row.predicted)}: "
+                f"{_md(row.reason)}")
     if row.status == "wrong":
-        head = f"- ❌ {pair} expected {_md(expected_text(row))}, observed {_md(observed_text(row))}"
-    else:
-        head = f"- ⚠️ {pair} expected {_md(expected_text(row))}: {_md(error_summary(row.message))}"
-    return [head, "", *_fenced(row.message, "  "), ""] if row.message else [head, ""]
+        return f"expected {_md(expected_text(row))}, observed {_md(observed_text(row))}"
+    return f"expected {_md(expected_text(row))}: {_md(error_summary(row.message))}"
 
 
-def _details(scenario: ScenarioReport) -> list[list[str]]:
-    return [_item(row) for row in scenario.rows
-            if row.status in ("wrong", "error") or (row.status == "predicted" and disagrees(row))]
+def _item(file: str, row: Row) -> list[str]:
+    """One row of the details list, with the anchor the failures index links to."""
+    mark = "" if row.status == "predicted" else f"{_MARKS[row.status]} "
+    head = f'- <a name="{row_anchor(file, row)}"></a>{mark}**{_md(pair_text(row))}** {_summary(row)}'
+    if row.status == "predicted":
+        return [head]
+    pcap = capture_path(row)
+    capture = [f"  capture: [{_md(pcap)}]({quote(pcap)})", ""] if pcap else []
+    return [head, "", *capture, *(_fenced(row.message, "  ") if row.message else []), ""]
+
+
+def _details(scenario: ScenarioReport) -> list[tuple[Row, list[str]]]:
+    return [(row, _item(scenario.file, row)) for row in scenario.rows if _failing(row)]
+
+
+def _index(report: Report, shown: set[int], predict: bool) -> list[str]:
+    """The failures (or disagreements) index at the top: one link per row to its details, a scenario's own
+    error, and a note for rows whose details were cut to fit the cap."""
+    lines: list[str] = []
+    for scenario in report.scenarios:
+        if scenario.error:
+            lines.append(f"- ⚠️ {_md(scenario.name)}: scenario error: {_md(error_summary(scenario.error))}")
+        for row in filter(_failing, scenario.rows):
+            mark = "" if predict else f"{_MARKS[row.status]} "
+            pair = f"{_md(scenario.name)}: {_md(pair_text(row))}"
+            link = f"[{pair}](#{row_anchor(scenario.file, row)})" if id(row) in shown else pair
+            lines.append(f"- {mark}{link} {_summary(row)}")
+    if not lines:
+        return []
+    more = len(lines) - INDEX_ENTRIES
+    listed = lines[:INDEX_ENTRIES] + ([f"- … {plural(more, 'more row')}"] if more > 0 else [])
+    return [f"## {'Disagreements' if predict else 'Failures'}", "", *listed, ""]
 
 
 def _head(report: Report) -> list[str]:
@@ -94,10 +129,10 @@ def _head(report: Report) -> list[str]:
         return [
             "# Istio mTLS report", "",
             f"**oracle prediction** (no mesh){versions} · started {_md(report.started)}", "",
-            f"{predicted_counts(rows)} · {disagreeing} disagree with the scenario files", "",
+            f"{predicted_counts(rows)} · {plural(disagreeing, 'disagrees', 'disagree')} with the scenario files", "",
         ]
     failed = sum(1 for scenario in report.scenarios if scenario.error)
-    scenario_errors = f" · ⚠️ {failed} scenario errors" if failed else ""
+    scenario_errors = f" · ⚠️ {plural(failed, 'scenario error')}" if failed else ""
     return [
         "# Istio mTLS report", "",
         f"**backend** {_md(report.backend)}{versions} · started {_md(report.started)} · "
@@ -135,28 +170,32 @@ def render_markdown(report: Report) -> str:
     predict = is_prediction(report)
     head = _head(report)
     sections = [(_section(s, predict), _details(s), _warnings(s)) for s in report.scenarios]
-    fixed = _size(head) + sum(_size(top) + _size(tail) + _size(_details_heading(predict)) + 200
-                              for top, _, tail in sections)
+    index_size = _size(_index(report, {id(row) for _, items, _ in sections for row, _ in items}, predict))
+    fixed = _size(head) + index_size + sum(_size(top) + _size(tail) + _size(_details_heading(predict)) + 200
+                                           for top, _, tail in sections)
     budget = CAP_BYTES - fixed
-    out = list(head)
+    body: list[str] = []
+    shown: set[int] = set()
     full = False
     for top, items, tail in sections:
-        out += top
+        body += top
         if items:
-            out += _details_heading(predict)
-            shown = 0
-            for item in items:
+            body += _details_heading(predict)
+            count = 0
+            for row, item in items:
                 size = _size(item)
                 if full or size > budget:
                     full = True
                     break
-                out += item
+                body += item
                 budget -= size
-                shown += 1
-            if shown < len(items):
-                out += [f"_… {len(items) - shown} more rows not shown: report.md is kept under "
-                        f"{CAP_BYTES // 1024} KiB for GitHub's step summary; see report.html or report.json._", ""]
-        out += tail
+                shown.add(id(row))
+                count += 1
+            if count < len(items):
+                body += [f"_… {plural(len(items) - count, 'more row')} not shown: report.md is kept under "
+                         f"{CAP_BYTES // 1024} KiB for GitHub's step summary; see report.html or report.json._", ""]
+        body += tail
+    out = [*head, *_index(report, shown, predict), *body]
     return _cap("\n".join(out).rstrip("\n") + "\n")
 
 

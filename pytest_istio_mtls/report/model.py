@@ -7,6 +7,7 @@ documented in docs/report-schema.md and pytest_istio_mtls/report/report.schema.j
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -111,6 +112,13 @@ class Report:
             "counts": self.counts(),
             "scenarios": [scenario.to_json() for scenario in self.scenarios],
         }
+
+
+def row_anchor(file: str, row: Row) -> str:
+    """A stable id for one row of a report (``report.html#<id>``, report.md's failures index, JUnit's
+    ``istio_evidence``): the scenario file and the pair, in characters every URL and HTML id accepts."""
+    request = f"-{row.request}" if row.request else ""
+    return "row-" + re.sub(r"[^A-Za-z0-9._-]+", "-", f"{file}--{row.source}--{row.target}-{row.port}{request}")
 
 
 def row_from_json(data: dict[str, Any]) -> Row:

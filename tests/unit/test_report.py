@@ -15,8 +15,9 @@ import pytest
 from pytest_istio_mtls.cli import prediction_report
 from pytest_istio_mtls.model import Port, Scenario, Workload, default_topology
 from pytest_istio_mtls.observation import CaptureEvidence, Evidence, Observation, Probe, ProxyEvidence
-from pytest_istio_mtls.report import write_all
+from pytest_istio_mtls.report import clear, write_all
 from pytest_istio_mtls.report.html import render_html
+from pytest_istio_mtls.report.junit import classname
 from pytest_istio_mtls.report.markdown import CAP_BYTES, render_markdown
 from pytest_istio_mtls.report.model import Report, Row, ScenarioReport, merge, report_from_json
 from pytest_istio_mtls.report.terminal import render
@@ -206,7 +207,7 @@ def test_markdown_predict_cells() -> None:
     """A prediction's Markdown cells show the result, spelling out an expectation that disagrees."""
     md = render_markdown(predict_report())
     assert "| **a.ns** | mtls | mtls (exp plaintext) | · |" in md
-    assert "5 pairs: 2 mtls, 1 plaintext, 1 refused, 1 unknown · 1 disagree with the scenario files" in md
+    assert "5 pairs: 2 mtls, 1 plaintext, 1 refused, 1 unknown · 1 disagrees with the scenario files" in md
 
 
 def test_markdown_stays_under_step_summary_cap() -> None:
@@ -280,11 +281,12 @@ def test_html_has_each_scenarios_matrix() -> None:
     page = render_html(run_report())
     assert page.count('<table class="matrix">') == 2
     assert page.count('<th scope="row">curl.legacy</th>') == 1
-    assert re.search(r'<a class="c r-mtls" href="#s0-r0" title="httpbin.foo:8000 STRICT[^"]*">✓ mtls</a>', page)
+    assert re.search(r'<a class="c r-mtls" href="#row-scenarios-strict.yaml--curl.foo--httpbin.foo-8000" '
+                     r'title="httpbin.foo:8000 STRICT[^"]*">✓ mtls</a>', page)
     assert '<a class="c r-plaintext s-wrong"' in page
     assert '<a class="c r-error s-error"' in page
     assert '<td class="none">·</td>' in page
-    assert '<details id="s0-r1" open>' in page  # failures unfolded
+    assert '<details id="row-scenarios-strict.yaml--curl.foo--httpbin.bar-8000" open>' in page  # failures unfolded
     assert "spiffe://cluster.local/ns/foo/sa/curl" in page  # evidence included
     assert '<a class="c r-mtls s-disagree"' in render_html(predict_report())
 
@@ -321,3 +323,151 @@ def test_worker_reports_merge_into_one() -> None:
     assert merged.counts() == whole.counts() == {"correct": 1, "wrong": 1, "error": 2, "predicted": 0}
     assert (merged.started, merged.duration_s, merged.versions) == ("2025-06-01T12:00:00+00:00", 42.0,
                                                                    {"envoy": "1.40.0"})
+
+
+def _index(text: str, start: str, end: str) -> list[str]:
+    lines = text.splitlines()
+    first = lines.index(start)
+    return lines[first: lines.index(end, first) + 1]
+
+
+def test_markdown_starts_with_a_failures_index() -> None:
+    """report.md lists every failing row and scenario error at the top, each row linking to its details."""
+    md = render_markdown(run_report())
+    assert _index(md, "## Failures", "## strict") == [
+        "## Failures",
+        "",
+        "- ❌ [strict: curl.foo->httpbin.bar:8000](#row-scenarios-strict.yaml--curl.foo--httpbin.bar-8000) "
+        "expected mtls, observed plaintext",
+        "- ⚠️ [strict: curl.legacy->httpbin.foo:8000](#row-scenarios-strict.yaml--curl.legacy--httpbin.foo-8000) "
+        "expected refused: the server sidecar recorded nothing for this probe",
+        "- ⚠️ broken: scenario error: policies never took effect within 60s",
+        "- ⚠️ [broken: curl.foo->httpbin.foo:8000](#row-scenarios-broken.yaml--curl.foo--httpbin.foo-8000) "
+        "expected mtls: policies never took effect",
+        "",
+        "## strict",
+    ]
+    targets = re.findall(r"\]\(#([^)]+)\)", md)
+    assert targets and all(f'<a name="{target}"></a>' in md for target in targets)
+    assert "## Disagreements" in render_markdown(predict_report())
+    assert "## Failures" not in render_markdown(Report("local", [ScenarioReport("ok", "ok.yaml", rows=[
+        Row("a.ns", "b.ns", 80, "mtls", "r", "correct", expected="mtls", observed="mtls")])]))
+
+
+def test_markdown_index_links_only_rows_whose_details_fit() -> None:
+    """Under the step-summary cap the index stays bounded and never links to a cut row's missing anchor."""
+    rows = [Row(f"client-{i}.ns", "server.ns", 8080, "mtls", "r", "error", expected="mtls",
+                message="a->b\n  observed: ERROR: timeout\n" + ("diagnostic line " * 8 + "\n") * 40)
+            for i in range(5000)]
+    md = render_markdown(Report("kind", [ScenarioReport("big", "big.yaml", rows=rows)]))
+    assert len(md.encode("utf-8")) <= CAP_BYTES
+    index = _index(md, "## Failures", "## big")
+    assert len(index) == 2 + 200 + 1 + 2
+    assert index[-3] == "- … 4800 more rows"
+    targets = re.findall(r"\]\(#([^)]+)\)", "\n".join(index))
+    assert 0 < len(targets) < 200
+    assert all(f'<a name="{target}"></a>' in md for target in targets)
+
+
+def test_html_starts_with_a_failures_index() -> None:
+    """report.html opens with the failing rows and scenario errors, each linking to its details on the page."""
+    page = render_html(run_report())
+    assert _index(page, '<nav class="failures"><h2>Failures</h2><ul>', "</ul></nav>")[1:] == [
+        '<li><a href="#row-scenarios-strict.yaml--curl.foo--httpbin.bar-8000">strict: curl.foo-&gt;httpbin.bar:8000'
+        "</a> expected mtls, observed plaintext</li>",
+        '<li><a href="#row-scenarios-strict.yaml--curl.legacy--httpbin.foo-8000">strict: curl.legacy-&gt;'
+        "httpbin.foo:8000</a> expected refused: error: the server sidecar recorded nothing for this probe</li>",
+        '<li><a href="#s1">broken</a>: scenario error: policies never took effect within 60s</li>',
+        '<li><a href="#row-scenarios-broken.yaml--curl.foo--httpbin.foo-8000">broken: curl.foo-&gt;httpbin.foo:8000'
+        "</a> expected mtls: error: policies never took effect</li>",
+        "</ul></nav>",
+    ]
+    ids = {attrs["id"] for _, attrs in _parse(page).tags if attrs.get("id")}
+    assert {href[1:] for href in re.findall(r'href="(#[^"]+)"', page)} <= ids
+    assert '<nav class="failures">' not in render_html(Report("local", [ScenarioReport("ok", "ok.yaml", rows=[
+        Row("a.ns", "b.ns", 80, "mtls", "r", "correct", expected="mtls", observed="mtls")])]))
+
+
+def test_html_gives_every_result_its_own_colour() -> None:
+    """refused, unavailable and denied are different failures: each has its own colour and legend entry."""
+    page = render_html(run_report())
+    colours = dict(re.findall(r"\.r-([a-z]+) \{ background: (#[0-9a-f]{6}); \}", page))
+    colours = {result: colours[result] for result in ("mtls", "plaintext", "refused", "unavailable", "denied")}
+    assert len(set(colours.values())) == len(colours)
+    assert all(f'<span class="c r-{result}">{result}</span>' in page for result in colours)
+
+
+def _captured(report_dir: Path) -> Report:
+    """A wrong row whose evidence kept a capture inside the report directory (as the backends write it)."""
+    pcap = report_dir / "captures" / "strict" / "curl.foo_to_httpbin.bar_8000 (1).pcap"
+    evidence = _evidence()
+    evidence["evidence"]["capture"]["pcap"] = str(pcap)
+    row = Row("curl.foo", "httpbin.bar", 8000, "mtls", REASON, "wrong", expected="mtls", observed="plaintext",
+              message=f"curl.foo->httpbin.bar:8000 in scenario strict\n  evidence:\n    capture ..., pcap {pcap}",
+              evidence=evidence)
+    return Report("local", [ScenarioReport("strict", "scenarios/strict.yaml", rows=[row])])
+
+
+def test_captures_are_links_relative_to_the_report(tmp_path: Path) -> None:
+    """report.json, .md and .html name a capture relative to their directory, and link it, so the links work
+    once the directory is uploaded as a CI artifact; the report given is not changed."""
+    out = tmp_path / "out"
+    report = _captured(out)
+    write_all(report, out)
+    relative = "captures/strict/curl.foo_to_httpbin.bar_8000 (1).pcap"
+    data = json.loads((out / "report.json").read_text())
+    row = data["scenarios"][0]["rows"][0]
+    assert row["evidence"]["evidence"]["capture"]["pcap"] == relative
+    assert row["message"].endswith(f"pcap {relative}")
+    md = (out / "report.md").read_text()
+    assert ("  capture: [captures/strict/curl.foo\\_to\\_httpbin.bar\\_8000 (1).pcap]"
+            "(captures/strict/curl.foo_to_httpbin.bar_8000%20%281%29.pcap)") in md
+    html = (out / "report.html").read_text()
+    assert ('<dt>capture</dt><dd><a href="captures/strict/curl.foo_to_httpbin.bar_8000%20%281%29.pcap">'
+            f"{relative}</a></dd>") in html
+    assert str(tmp_path) not in md + html + json.dumps(data)
+    assert report.scenarios[0].rows[0].evidence["evidence"]["capture"]["pcap"] == str(out / relative)  # type: ignore[index]
+
+
+def test_clear_removes_only_what_a_run_wrote(tmp_path: Path) -> None:
+    """A re-run into the same --istio-report starts without the previous captures and reports; files that are
+    not ours stay."""
+    for name in ("report.json", "report.md", "report.html", "captures/old/a.pcap", "captures/old/b.pcap",
+                 "pcaps/istio-mtls-probe-1.pcap", "captures/notes.txt", "junit.xml", "report.css"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    removed = clear(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in removed) == [
+        "captures/old/a.pcap", "captures/old/b.pcap", "pcaps/istio-mtls-probe-1.pcap",
+        "report.html", "report.json", "report.md"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "captures", "captures/notes.txt", "junit.xml", "report.css"]
+    assert clear(tmp_path / "missing") == []
+
+
+def test_a_run_clears_the_previous_report_first(pytester: pytest.Pytester, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pytest --istio-report DIR` clears DIR's earlier captures before probing (here the backend cannot even
+    start: no docker on PATH); `--collect-only` leaves them."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker: the run stops at its first item
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pytester.mkdir("scenarios")
+    (pytester.path / "scenarios/x.yaml").write_text("expect:\n  - {from: frontend, to: backend, result: mtls}\n")
+    (pytester.path / "out/captures/old").mkdir(parents=True)
+    (pytester.path / "out/captures/old/a.pcap").write_text("x")
+    (pytester.path / "out/keep.txt").write_text("x")
+    args = ("--istio-scenarios", "--istio-backend=kind", "--istio-report=out", "-p", "no:cacheprovider")
+    pytester.runpytest_subprocess(*args, "--collect-only")
+    assert (pytester.path / "out/captures/old/a.pcap").exists()
+    result = pytester.runpytest_subprocess(*args)
+    result.stdout.fnmatch_lines(["*the kind backend cannot run here*"])
+    assert not (pytester.path / "out/captures").exists()
+    assert (pytester.path / "out/keep.txt").exists()
+
+
+def test_junit_classnames_have_no_dots_from_file_or_scenario_names() -> None:
+    """Jenkins and GitLab split a classname at dots: only directories may become packages."""
+    assert classname("scenarios/03-namespace-strict.yaml::namespace-strict::curl.legacy->httpbin.foo:8000") == (
+        "scenarios.03-namespace-strict.namespace-strict")
+    assert classname("mesh.v2/ns.strict.yml::ns.strict::a.b->c.d:80:POST:/post") == "mesh_v2.ns_strict.ns_strict"
+    assert classname("x.yaml::x::a->b:80") == "x.x"
