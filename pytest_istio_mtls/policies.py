@@ -7,6 +7,7 @@ a TLS mode), and warns about the famous traps where Istio accepts a policy that 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,14 @@ AP_SPEC_KEYS = ("selector", "targetRef", "targetRefs", "action", "provider", "ru
 AP_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 
 
+def not_istio(resource: Mapping[str, Any]) -> bool:
+    """A well-formed resource of another API (Namespace, Deployment, Telemetry): nothing a scenario applies."""
+    api_version, kind = resource.get("apiVersion"), resource.get("kind")
+    if not (isinstance(api_version, str) and api_version and isinstance(kind, str) and kind):
+        return False
+    return api_version.partition("/")[0] not in KINDS and kind not in ALL_KINDS
+
+
 class PolicyValidator:
     """Validates the documents of one source (inline block or policy file) against a topology."""
 
@@ -58,15 +67,25 @@ class PolicyValidator:
 
     # -- one document -------------------------------------------------------------------------------
 
-    def add(self, checker: Checker, path: tuple[str | int, ...], value: Any) -> None:
-        """Validate one resource at ``path`` of ``checker``'s document and keep it if usable."""
+    def add(self, checker: Checker, path: tuple[str | int, ...], value: Any,
+            skipped: Counter[str] | None = None) -> None:
+        """Validate one resource at ``path`` of ``checker``'s document and keep it if usable.
+
+        With ``skipped`` (manifests from policyFiles), a resource that is not an Istio security or
+        networking resource (a Namespace, a Deployment) is counted there by kind instead of rejected:
+        teams point policyFiles at what they really deploy. An Istio kind under a wrong apiVersion is
+        still an error, since that is a typo.
+        """
         if not checker.mapping(path, value, "a policy"):
             return
         if value.get("kind") == "List" and value.get("apiVersion") == "v1":
             items = value.get("items")
             if checker.is_list((*path, "items"), items, "a List's items"):
                 for index, item in enumerate(items):
-                    self.add(checker, (*path, "items", index), item)
+                    self.add(checker, (*path, "items", index), item, skipped)
+            return
+        if skipped is not None and not_istio(value):
+            skipped[str(value["kind"])] += 1
             return
         missing = [key for key in ("apiVersion", "kind", "metadata") if key not in value]
         if missing:

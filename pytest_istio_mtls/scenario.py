@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
+import subprocess
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import semantics
-from .diagnostics import Diagnostic, Mark, ScenarioError, did_you_mean
+from .diagnostics import Diagnostic, Mark, ScenarioError, did_you_mean, plural
 from .model import (
     EXPECTABLE_RESULTS,
     Expectation,
@@ -47,6 +50,10 @@ PROTOCOLS = ("http", "tcp")
 RESERVED_PORTS = {15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090}
 MARKER_HEADER = "x-istio-mtls-probe"
 SCENARIO_SUFFIXES = (".yaml", ".yml")
+POLICY_FILE_SUFFIXES = (".yaml", ".yml", ".json")  # what kubectl apply -f DIR reads
+POLICY_COMMAND_KEYS = ("command",)
+POLICY_COMMAND_TIMEOUT_S = 120.0  # kustomize or helm may fetch remote bases and charts
+COMMAND_TAIL_LINES = 10
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -296,24 +303,94 @@ class _Loader:
         if not check.is_list(("policyFiles",), files, "policyFiles"):
             return
         for index, entry in enumerate(files):
-            if not check.text(("policyFiles", index), entry, "a policyFiles entry"):
-                continue
-            target = (self.path.parent / entry).resolve()
-            try:
-                text = target.read_text(encoding="utf-8")
-            except OSError as exc:
-                reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
-                check.error(("policyFiles", index), f"cannot read policy file '{entry}': {reason}",
-                            "paths are relative to the scenario file")
-                continue
-            try:
-                documents = load_all(text, display_path(target))
-            except ScenarioError as exc:
-                self.diagnostics.extend(exc.diagnostics)
-                continue
-            for doc in documents:
-                doc_check = Checker(doc, self.diagnostics)
-                validator.add(doc_check, (), doc.data)
+            path: tuple[str | int, ...] = ("policyFiles", index)
+            skipped: Counter[str] = Counter()
+            skipped_in: list[str] = []
+            for label, text in self._policy_sources(check, path, entry):
+                try:
+                    documents = load_all(text, label)
+                except ScenarioError as exc:
+                    self.diagnostics.extend(exc.diagnostics)
+                    continue
+                before = skipped.total()
+                for doc in documents:
+                    if doc.data is not None:  # an empty document (a trailing ---), as kubectl ignores it
+                        validator.add(Checker(doc, self.diagnostics), (), doc.data, skipped)
+                if skipped.total() > before:
+                    skipped_in.append(label)
+            if skipped:
+                kinds = [plural(count, kind) for kind, count in skipped.items()]
+                listed = ", ".join(kinds[:-1]) + f" and {kinds[-1]}" if len(kinds) > 1 else kinds[0]
+                check.warn(path, f"{', '.join(skipped_in)}: skipped {listed} (not Istio security or networking "
+                                 "policies)")
+
+    def _policy_sources(self, check: Checker, path: tuple[str | int, ...], entry: Any) -> list[tuple[str, str]]:
+        """(label, YAML text) for one policyFiles entry: a file, every manifest of a directory, or a command's
+        output. Problems are reported at the entry; nothing is returned for them."""
+        if isinstance(entry, Mapping):
+            check.keys(path, entry, POLICY_COMMAND_KEYS, "a policyFiles entry")
+            command = entry.get("command")
+            if "command" not in entry:
+                check.error(path, "a policyFiles mapping has no 'command'",
+                            "write {command: kustomize build deploy/overlays/prod}, or a path")
+                return []
+            if not check.text((*path, "command"), command, "policyFiles command"):
+                return []
+            output = self._run_policy_command(check, (*path, "command"), str(command))
+            return [] if output is None else [(f"output of `{command}`", output)]
+        if not isinstance(entry, str) or not entry:
+            check.error(path, f"a policyFiles entry must be a path or a command, not {type_name(entry)}",
+                        "write a file or directory relative to the scenario file, or {command: ...}")
+            return []
+        target = self.path.parent / entry
+        if target.is_dir():
+            files = sorted(f for f in target.iterdir() if f.suffix in POLICY_FILE_SUFFIXES and f.is_file()
+                           and f.resolve() != self.path.resolve() and not looks_like_scenario(f))
+            if not files:
+                check.error(path, f"policy directory '{entry}' holds no manifests (*.yaml, *.yml, *.json)",
+                            "subdirectories are not read (as with kubectl apply -f DIR): name them too")
+            return [source for f in files for source in self._read_policy_file(check, path, entry, f)]
+        return self._read_policy_file(check, path, entry, target)
+
+    def _read_policy_file(self, check: Checker, path: tuple[str | int, ...], entry: str,
+                          file: Path) -> list[tuple[str, str]]:
+        try:
+            return [(display_path(file.resolve()), file.read_text(encoding="utf-8"))]
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
+            check.error(path, f"cannot read policy file '{entry}': {reason}", "paths are relative to the scenario file")
+            return []
+
+    def _run_policy_command(self, check: Checker, path: tuple[str | int, ...], command: str) -> str | None:
+        """Run ``command`` (no shell) in the scenario file's directory; its standard output is the manifests."""
+        directory = self.path.parent.resolve()
+        where = f"run it in {display_path(directory)} to see the whole output"
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            check.error(path, f"cannot split policy command `{command}`: {exc}", "check its quotes")
+            return None
+        try:
+            done = subprocess.run(argv, cwd=directory, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  errors="replace", timeout=POLICY_COMMAND_TIMEOUT_S, check=False)
+        except FileNotFoundError:
+            check.error(path, f"cannot run policy command `{command}`: {argv[0]} not found",
+                        f"install {argv[0]} or put it on PATH")
+            return None
+        except subprocess.TimeoutExpired:
+            check.error(path, f"policy command `{command}` did not finish within {POLICY_COMMAND_TIMEOUT_S:g} s",
+                        where)
+            return None
+        except OSError as exc:
+            check.error(path, f"cannot run policy command `{command}`: {exc.strerror or exc}",
+                        "the command runs without a shell: for pipes write sh -c '...'")
+            return None
+        if done.returncode != 0:
+            tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-COMMAND_TAIL_LINES:]
+            output = "".join(f"\n      {line}" for line in tail) if tail else " (no output)"
+            check.error(path, f"policy command `{command}` failed (exit {done.returncode}):{output}", where)
+            return None
+        return done.stdout
 
     def _inline_policies(self, check: Checker, source: str, raw: Any, validator: PolicyValidator,
                          located: Located) -> None:
