@@ -11,36 +11,139 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import yaml
 
 from . import semantics
 from .backends import Backend
-from .model import MeshSettings, Request, Result, Scenario, Topology, Workload
+from .diagnostics import did_you_mean
+from .model import (
+    CONCRETE_RESULTS,
+    EXPECTABLE_RESULTS,
+    Expectation,
+    MeshSettings,
+    Request,
+    Result,
+    Scenario,
+    Topology,
+    Workload,
+)
 from .observation import Observation, Probe
-from .scenario import load_policies
+from .scenario import Unresolved, display_path, load_policies, resolve_port, resolve_workload
 from .verdict import Verdict, decide
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULT_NAMES = [r.value for r in EXPECTABLE_RESULTS]
 
-@dataclass
+# The probe whose ``.result`` each test read last. pytest's comparison hook sees only the compared
+# values, and a Result (or None) does not say which probe it came from: the one read just before the
+# failed comparison is the one compared. Weak, so a finished test's probes are not kept alive.
+_last_read: weakref.WeakValueDictionary[str, ProbeResult] = weakref.WeakValueDictionary()
+
+
+def _current_test() -> str:
+    return os.environ.get("PYTEST_CURRENT_TEST", "")
+
+
+@dataclass(eq=False)
 class ProbeResult:
-    """One probe: what the client saw, the judged result (None when unproven) and the prediction."""
+    """One probe: what the client saw, the judged result (None when unproven) and the prediction.
+
+    ``str()`` is one line; ``explain()`` is the block a failing scenario item prints.
+    """
 
     observation: Observation
     verdict: Verdict
     prediction: semantics.Prediction
+    scenario: Scenario  # what was in force: the policies the oracle predicted from
 
     @property
     def result(self) -> Result | None:
+        _last_read[_current_test()] = self
         return self.verdict.result
 
     @property
     def status(self) -> int | None:
         return self.observation.status
+
+    @property
+    def pair(self) -> str:
+        return self.observation.probe.pair
+
+    def explain(self, expected: Result | str | None = None) -> str:
+        """Expected (when given) vs observed, the oracle's reason, what the client saw and the evidence:
+        the text ``run.Outcome.message`` writes for a failing scenario item."""
+        from .run import Outcome
+
+        probe = self.observation.probe
+        wanted = Result(expected) if expected is not None else self.prediction.result
+        expectation = Expectation(probe.source, probe.target, probe.port, wanted, probe.request)
+        text = Outcome(self.scenario, expectation, self.prediction, self.observation, self.verdict).message(
+            diagnostics=False)
+        if expected is None:  # nothing was expected: drop the line that would say so
+            text = "\n".join(line for line in text.splitlines() if not line.startswith("  expected:"))
+        return text
+
+    def _observed(self) -> str:
+        if self.verdict.result is None:
+            return f"ERROR: {self.verdict.error}"
+        http = f" (HTTP {self.observation.status})" if self.observation.status is not None else ""
+        return f"{self.verdict.result.value}{http}"
+
+    def __str__(self) -> str:
+        return f"{self.pair}: {self._observed()} (oracle: {self.prediction.result.value})"
+
+    def __repr__(self) -> str:
+        return f"<ProbeResult {self.pair}: {self._observed()}>"
+
+
+def assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """What pytest prints for a failed comparison involving a probe (its ``.result`` or the probe itself):
+    the comparison, then the block a failing scenario item prints; None for any other comparison."""
+    for side, other in ((left, right), (right, left)):
+        probe = _compared_probe(side, other)
+        if probe is not None:
+            break
+    else:
+        return None
+    expected = Result(other) if op == "==" and isinstance(other, str) and other in RESULT_NAMES else None
+    lines = [f"{_short(left)} {op} {_short(right)}", *probe.explain(expected).splitlines()]
+    if isinstance(side, ProbeResult) and isinstance(other, str):
+        lines.append("note: a probe never equals a result name: compare its .result")
+    elif isinstance(other, str) and other not in RESULT_NAMES:
+        lines.append(f"note: '{other}' is not a result{did_you_mean(other, RESULT_NAMES)}; results: "
+                     f"{', '.join(RESULT_NAMES)}")
+    elif expected is not None and expected not in CONCRETE_RESULTS:
+        covered = ", ".join(repr(r.value) for r in CONCRETE_RESULTS if expected.covers(r))
+        lines.append(f"note: .result is always a concrete result; '{expected.value}' covers "
+                     f"{covered}: write .result in ({covered})")
+    return lines
+
+
+def _compared_probe(value: object, other: object) -> ProbeResult | None:
+    if isinstance(value, ProbeResult):
+        return value
+    if value is not None and not isinstance(value, Result):
+        return None
+    if not isinstance(other, str | tuple | list | set | frozenset | ProbeResult):
+        return None  # the other side names no result: not a comparison of a probe's result
+    recent = _last_read.get(_current_test())
+    return recent if recent is not None and recent.verdict.result is value else None
+
+
+def _short(value: object) -> str:
+    if isinstance(value, Result):
+        return repr(value.value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Mesh:
@@ -54,14 +157,11 @@ class Mesh:
         backend.deploy(topology, self.settings)
 
     def workload(self, ref: str) -> Workload:
-        workload = self.topology.workload(ref)
-        if workload is not None:
-            return workload
-        matches = [w for w in self.topology.workloads if w.name == ref]
-        if len(matches) == 1:
-            return matches[0]
-        raise ValueError(f"unknown or ambiguous workload {ref!r}; workloads: "
-                         f"{', '.join(w.ref for w in self.topology.workloads)}")
+        """``name.namespace``, or ``name`` when unique; a wrong name fails the calling test in one line."""
+        workload = resolve_workload(self.topology, ref)
+        if isinstance(workload, Unresolved):
+            _fail(workload)
+        return workload
 
     @contextlib.contextmanager
     def policies(self, manifests: str | Path | Sequence[Mapping[str, Any]]) -> Iterator[Scenario]:
@@ -85,14 +185,19 @@ class Mesh:
         """Probe ``source`` → ``target`` (``name.namespace[:port]``) under the policies in force."""
         target_ref, _, port_key = target.partition(":")
         client, server = self.workload(source), self.workload(target_ref)
-        if port_key:
-            port = server.port(int(port_key) if port_key.isdigit() else port_key)
-        else:
-            port = server.ports[0] if len(server.ports) == 1 else None
-        if port is None:
-            raise ValueError(f"{server.ref} has ports {', '.join(str(p.port) for p in server.ports) or 'none'}; "
-                             f"write {server.ref}:PORT")
+        port = resolve_port(server, port_key or None)
+        if isinstance(port, Unresolved):
+            _fail(port)
         probe = Probe(client, server, port, request or Request())
         observation = self.backend.probe([probe])[0]
         prediction = semantics.predict(self.scenario, client, server, port, probe.request)
-        return ProbeResult(observation, decide(observation), prediction)
+        return ProbeResult(observation, decide(observation), prediction, self.scenario)
+
+
+def _fail(problem: Unresolved) -> NoReturn:
+    """Fail the calling test with one line, at the test's own line: a typo is not worth a traceback."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == PACKAGE_DIR:
+        frame = frame.f_back
+    where = f"{display_path(Path(frame.f_code.co_filename))}:{frame.f_lineno}"
+    pytest.fail(f"{where}: {problem.message} (fix: {problem.fix})", pytrace=False)

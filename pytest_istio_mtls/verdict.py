@@ -49,6 +49,12 @@ class Verdict:
     def ok(self) -> bool:
         return self.result is not None
 
+    def __str__(self) -> str:
+        """One line for messages: the result and the evidence behind it, or why no result could be proven."""
+        if self.result is None:
+            return f"no result: {self.error}"
+        return f"{self.result.value}, because " + "; ".join(self.because)
+
 
 def _error(message: str, because: list[str] | None = None) -> Verdict:
     return Verdict(None, because or [], message)

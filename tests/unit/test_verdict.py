@@ -144,3 +144,13 @@ def test_tcp_close_through_a_client_sidecar_is_unavailable_only_with_upstream_fa
     assert decide(base).result is Result.UNAVAILABLE
     bare = dataclasses.replace(base, evidence=Evidence(client_proxy=ProxyEvidence("curl.foo", {})))
     assert decide(bare).result is None
+
+
+def test_a_verdict_reads_as_one_line_whether_proven_or_not() -> None:
+    """str(verdict) is what an assertion message needs: the result and its evidence, or why there is none."""
+    assert str(decide(refused())) == (
+        "refused, because client saw: reset (connection reset by peer); "
+        "server sidecar listener.0.0.0.0_15006.no_filter_chain_match +1")
+    assert str(decide(strip(refused(), error="timeout"))) == (
+        "no result: timed out (though server sidecar listener.0.0.0.0_15006.no_filter_chain_match +1): a policy "
+        "rejection is immediate, so a timeout is never counted as a refusal")
