@@ -68,7 +68,9 @@ def run_once(suite: str, index: int, out: Path, extra: list[str]) -> Outcome:
                f"--junitxml={junit}", *extra]
     started = time.monotonic()
     with log.open("w") as handle:
-        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        # Run as `sudo .venv/bin/python`, PATH lacks the venv: the tests call the package's own CLI.
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        done = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=False, env=env)
     outcome = parse_junit(junit)
     outcome.seconds = time.monotonic() - started
     outcome.exit_code = done.returncode

@@ -163,12 +163,9 @@ class Run:
             for outcome, observation in zip(outcomes, observations, strict=True):
                 outcome.observation = observation
                 outcome.verdict = decide(observation)
-            failing = [p for p, o in zip(probes, outcomes, strict=True) if o.status != "correct"]
-            if failing:
-                sections = backend.diagnostics(failing)
-                for outcome in outcomes:
-                    if outcome.status != "correct":
-                        outcome.diagnostics = sections
+            for probe, outcome in zip(probes, outcomes, strict=True):
+                if outcome.status != "correct":  # each failing row shows its own pair, not the others'
+                    outcome.diagnostics = backend.diagnostics([probe])
             # No clear() here: the next scenario's apply() replaces these policies, and a kept run
             # (--istio-keep) shows the last scenario's policies still in force.
         except BackendUnavailable:

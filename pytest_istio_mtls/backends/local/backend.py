@@ -61,6 +61,7 @@ class Pod:
     agent_log: Path | None = None  # istiod control plane: pilot-agent's output, access-log lines included
     versions: dict[str, str] = field(default_factory=dict)  # lds/cds version written last
     log_offsets: dict[str, int] = field(default_factory=dict)
+    log_start: int = 0  # envoy.log's size when the current scenario began: its diagnostics show what came after
     # access-log entries by (direction, downstream remote address): the join key of every lookup
     log_index: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -252,6 +253,8 @@ class LocalBackend:
     # ----------------------------------------------------------------------------------- topology
 
     def deploy(self, topology: Topology, mesh: MeshSettings) -> None:
+        for pod in self.pods.values():  # a scenario's diagnostics show its own log lines, not earlier scenarios'
+            pod.log_start = _size(pod.directory / "envoy.log")
         if self.signature == topology.signature():
             return
         assert self.state is not None and self.ca is not None
@@ -270,7 +273,7 @@ class LocalBackend:
             # Interfaces of a removed topology vanish asynchronously: never reuse their names.
             veth = f"v{run_id}{self._generation:02x}{index:02x}"
             pods.append(Pod(workload, f"{PREFIX}-{run_id}-{workload.ref}", veth, POD_NET.format(10 + index),
-                            SERVICE_NET.format(10 + index), directory))
+                            SERVICE_NET.format(10 + index), directory, log_start=_size(directory / "envoy.log")))
         if self.istiod is not None:  # ClusterIPs come from the API server, as in a cluster
             self.istiod.ensure_mesh(mesh)
             cluster_ips = self.istiod.register_services(topology)
@@ -787,10 +790,20 @@ class LocalBackend:
             pod = self.pods.get(ref)
             if pod is None or pod.envoy is None:
                 continue
-            log = (pod.directory / "envoy.log").read_text(errors="replace").strip().splitlines()[-5:]
+            with open(pod.directory / "envoy.log", "rb") as file:
+                file.seek(pod.log_start)
+                log = file.read().decode(errors="replace").strip().splitlines()[-5:]
             if log:
                 sections[f"envoy log {ref}"] = "\n".join(log)
         return sections
+
+
+def _size(path: Path) -> int:
+    """A log's size (0 before it exists): where the lines of what starts now begin."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _quote(text: str) -> str:

@@ -1,0 +1,62 @@
+"""A failing row's diagnostics are about that row: its own pair's sidecar configuration, and only the log
+lines of the scenario it ran in (not those an earlier scenario's Envoys of the same workload left behind)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TOPOLOGY = """
+topology:
+  namespaces:
+    foo: {sidecars: true}
+    legacy: {sidecars: false}
+  workloads:
+    - {name: httpbin, namespace: foo, ports: [{name: http, port: 8000, targetPort: 8080}]}
+    - {name: curl, namespace: foo}
+    - {name: curl, namespace: legacy}
+"""
+FIRST = "name: first\n" + TOPOLOGY + """
+expect:
+  - {from: curl.foo, to: "httpbin.foo:8000", result: mtls}
+  - {from: curl.legacy, to: "httpbin.foo:8000", result: plaintext}
+"""
+# Another workload: a new topology, so every pod (httpbin.foo's Envoy included) is started anew.
+SECOND = "name: second\n" + TOPOLOGY + """    - {name: sleep, namespace: foo}
+expect:
+  - {from: curl.foo, to: "httpbin.foo:8000", result: plaintext}
+  - {from: curl.legacy, to: "httpbin.foo:8000", result: mtls}
+  - {from: sleep.foo, to: "httpbin.foo:8000", result: mtls}
+"""
+
+
+def test_failing_rows_show_their_own_pair_and_scenario(pytester: pytest.Pytester) -> None:
+    """The first scenario's Envoys are stopped when the second deploys; what they wrote then ("caught
+    ENVOY_SIGTERM") is in the same envoy.log, but is not the second scenario's. Each of its two failing rows
+    lists only its own pair under "sidecar configuration"."""
+    pytester.mkdir("scenarios")
+    (pytester.path / "scenarios/a-first.yaml").write_text(FIRST)
+    (pytester.path / "scenarios/b-second.yaml").write_text(SECOND)
+    result = pytester.runpytest_subprocess("--istio-scenarios", "--istio-backend=local",
+                                           "--istio-control-plane=emulated", "--istio-report=out",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=2)
+    report = json.loads((pytester.path / "out/report.json").read_text())
+    failing = {row["from"]: row["message"] for row in report["scenarios"][1]["rows"] if row["status"] == "wrong"}
+    assert {source: _section(message, "sidecar configuration") for source, message in failing.items()} == {
+        "curl.foo": ["curl.foo->httpbin.foo:8000: server port 8080 configured PERMISSIVE; client configured to send "
+                     "istio-mtls"],
+        "curl.legacy": ["curl.legacy->httpbin.foo:8000: server port 8080 configured PERMISSIVE; client configured to "
+                        "send plaintext"],
+    }
+    for message in failing.values():
+        assert "ENVOY_SIGTERM" not in message
+
+
+def _section(message: str, title: str) -> list[str]:
+    """The lines of one ``--- title ---`` section of a failure message."""
+    lines = message.splitlines()
+    start = lines.index(f"  --- {title} ---") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("  --- ")), len(lines))
+    return [line.strip() for line in lines[start:end]]
