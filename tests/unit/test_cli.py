@@ -34,8 +34,8 @@ expect:
 """
 
 
-AUTHZ = """
-name: authz
+UNMODELLED = """
+name: envoyfilter
 topology:
   namespaces:
     foo: {sidecars: true}
@@ -43,12 +43,14 @@ topology:
     - {name: httpbin, namespace: foo, ports: [{name: http, port: 8000, targetPort: 8080}]}
     - {name: curl, namespace: foo}
 policies: |
-  apiVersion: security.istio.io/v1
-  kind: AuthorizationPolicy
-  metadata: {name: deny-all, namespace: foo}
-  spec: {}
+  apiVersion: networking.istio.io/v1alpha3
+  kind: EnvoyFilter
+  metadata: {name: tweak, namespace: foo}
+  spec:
+    workloadSelector: {labels: {app: httpbin}}
+    configPatches: []
 expect:
-  - {from: curl.foo, to: "httpbin.foo:8000", result: denied}
+  - {from: curl.foo, to: "httpbin.foo:8000", result: mtls}
 """
 MANIFEST = """apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -138,8 +140,8 @@ def test_predict_takes_several_files_and_directories(here: Path, capsys: pytest.
     """Like pytest, predict takes many paths: one table per scenario, one JSON line per scenario."""
     (here / "mesh").mkdir()
     (here / "mesh/a.yaml").write_text(DOCS_STYLE)
-    (here / "authz.yaml").write_text(AUTHZ)
-    assert run(capsys, "predict", "mesh", "authz.yaml") == (0, (
+    (here / "ef.yaml").write_text(UNMODELLED)
+    assert run(capsys, "predict", "mesh", "ef.yaml") == (0, (
         "oracle prediction (no mesh)\n"
         "\n"
         "foo-strict  (mesh/a.yaml)\n"
@@ -148,13 +150,13 @@ def test_predict_takes_several_files_and_directories(here: Path, capsys: pytest.
         "curl.legacy  refused\n"
         "2 pairs: 1 mtls, 1 refused\n"
         "\n"
-        "authz  (authz.yaml)\n"
+        "envoyfilter  (ef.yaml)\n"
         "          httpbin.foo:8000\n"
         "curl.foo  unknown\n"
         "1 pair: 1 unknown\n"), "")
-    code, out, _ = run(capsys, "predict", "mesh", "authz.yaml", "--json")
+    code, out, _ = run(capsys, "predict", "mesh", "ef.yaml", "--json")
     assert code == 0
-    assert [json.loads(line)["scenario"] for line in out.splitlines()] == ["foo-strict", "authz"]
+    assert [json.loads(line)["scenario"] for line in out.splitlines()] == ["foo-strict", "envoyfilter"]
 
 
 def test_predict_report_files_follow_the_schema(write_scenario: Callable[..., Path], tmp_path: Path,
@@ -183,12 +185,12 @@ def test_explain_prints_the_decision_chain(write_scenario: Callable[..., Path],
 
 def test_explain_an_unknown_says_unknown_once(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The reason of a pair the oracle cannot predict is the why, not "unknown: " again."""
-    (here / "authz.yaml").write_text(AUTHZ)
-    code, out, _ = run(capsys, "explain", "authz.yaml", "curl.foo", "httpbin.foo")
+    (here / "ef.yaml").write_text(UNMODELLED)
+    code, out, _ = run(capsys, "explain", "ef.yaml", "curl.foo", "httpbin.foo")
     assert code == 0
     assert out.splitlines()[1:3] == [
         "  result: unknown",
-        "  reason: AuthorizationPolicy foo/deny-all (ALLOW) applies to httpbin.foo; authorization is not predicted",
+        "  reason: EnvoyFilter foo/tweak applies to httpbin.foo and is not modelled",
     ]
 
 
@@ -249,11 +251,11 @@ def test_check_reports_disagreements_with_their_line(here: Path, capsys: pytest.
 def test_check_notes_rows_it_cannot_predict_without_asking_for_what_they_are(
         here: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A row the oracle cannot check is already an explicit expectation: the note says why, not "write one"."""
-    (here / "authz.yaml").write_text(AUTHZ)
-    assert run(capsys, "check", "authz.yaml") == (0, (
-        "authz.yaml:15:5: note: curl.foo->httpbin.foo:8000: the oracle cannot check this row: AuthorizationPolicy "
-        "foo/deny-all (ALLOW) applies to httpbin.foo; authorization is not predicted\n"
-        "authz.yaml: 0 agree, 0 disagree, 1 not predictable\n"), "")
+    (here / "ef.yaml").write_text(UNMODELLED)
+    assert run(capsys, "check", "ef.yaml") == (0, (
+        "ef.yaml:17:5: note: curl.foo->httpbin.foo:8000: the oracle cannot check this row: EnvoyFilter foo/tweak "
+        "applies to httpbin.foo and is not modelled\n"
+        "ef.yaml: 0 agree, 0 disagree, 1 not predictable\n"), "")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "pytest_istio_mtls/scenarios").glob("*.yaml")), ids=lambda p: p.stem)

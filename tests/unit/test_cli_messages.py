@@ -78,10 +78,10 @@ def test_the_oracle_line_of_an_unpredictable_row_says_unknown_once(write_scenari
     from pytest_istio_mtls.scenario import load_scenario
     from pytest_istio_mtls.semantics import predict
 
-    from .test_cli import AUTHZ
+    from .test_cli import UNMODELLED
 
-    scenario = load_scenario(write_scenario(AUTHZ))
+    scenario = load_scenario(write_scenario(UNMODELLED))
     row = scenario.expectations[0]
     outcome = Outcome(scenario, row, predict(scenario, row.source, row.target, row.port), error="probe failed")
-    assert outcome.message().splitlines()[3] == ("  oracle:   unknown: AuthorizationPolicy foo/deny-all (ALLOW) "
-                                                 "applies to httpbin.foo; authorization is not predicted")
+    assert outcome.message().splitlines()[3] == ("  oracle:   unknown: EnvoyFilter foo/tweak applies to httpbin.foo "
+                                                 "and is not modelled")
