@@ -7,8 +7,9 @@ Every backend derives its configuration or its expectations from here, so the ru
 
 Rule ids (P1..P7 server side, O1..O5 client side, X1..X3 outcome and limits) refer to
 docs/semantics.md, which cites the Istio documentation, tests and code behind each rule.
-Where Istio's behaviour depends on something this module does not model (AuthorizationPolicy,
-ambient mode, routing resources), the result is ``unknown`` with a reason: never a guess.
+AuthorizationPolicy is evaluated by ``authz`` (rules A1..A8) for requests the server's sidecar accepts.
+Where Istio's behaviour depends on something this module does not model (ambient mode, routing
+resources, external or JWT authorization), the result is ``unknown`` with a reason: never a guess.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import authz
 from .model import CLUSTER_DOMAIN, Policy, Port, Request, Result, Scenario, Workload
 
 Mode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
@@ -438,19 +440,7 @@ def unmodelled(scenario: Scenario, client: Workload, server: Workload, request: 
             return f"{workload.ref} is in ambient mode, which the oracle does not predict"
     for policy in _sorted(scenario.policies):
         kind = policy.kind
-        if kind == "AuthorizationPolicy" and allowed and server.sidecar:
-            action = str(policy.spec.get("action") or "ALLOW")
-            if action == "AUDIT":
-                continue
-            if policy.spec.get("targetRef") or policy.spec.get("targetRefs"):
-                if policy.namespace in (server.namespace, root):
-                    return (f"AuthorizationPolicy {policy.namespace}/{policy.name} uses targetRef(s); "
-                            "authorization is not predicted")
-                continue
-            if _binds(policy, server, root):
-                return (f"AuthorizationPolicy {policy.namespace}/{policy.name} ({action}) applies to {server.ref}; "
-                        "authorization is not predicted")
-        elif kind == "RequestAuthentication" and allowed and server.sidecar and _binds(policy, server, root):
+        if kind == "RequestAuthentication" and allowed and server.sidecar and _binds(policy, server, root):
             if any(h.lower() == "authorization" for h in request.headers):
                 return (f"RequestAuthentication {policy.namespace}/{policy.name} validates the request's token; "
                         "JWT validation is not predicted")
@@ -525,6 +515,20 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
         steps.append(Step("X2", limit))
         return Prediction(source, target, port, Result.UNKNOWN, limit, tuple(steps), server, client,
                           request)
+    if result in (Result.MTLS, Result.PLAINTEXT) and target.sidecar:
+        # The server's sidecar accepted the connection: now its RBAC filters decide (authz, A1..A8).
+        peer = source.spiffe(scenario.mesh.trust_domain) if result is Result.MTLS else None
+        decision = authz.evaluate(scenario, target, port, request, peer)
+        steps.extend(Step(f.rule, f.text) for f in decision.findings)
+        if decision.verdict == "unknown":
+            return Prediction(source, target, port, Result.UNKNOWN, decision.reason, tuple(steps), server, client,
+                              request)
+        if decision.verdict == "deny":
+            result = Result.DENIED
+        if decision.reason:
+            why = f"{why}, then {decision.reason}"
+    elif result in (Result.REFUSED, Result.UNAVAILABLE):
+        steps.extend(Step(f.rule, f.text) for f in authz.unreached(scenario, target, result.value))
     if result is Result.UNKNOWN:
         reason = f"{_server_text(server, port)}; {client.summary} → unknown: {why}"
     else:
@@ -533,12 +537,10 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
 
 
 def predict_all(scenario: Scenario) -> list[Prediction]:
-    """Every workload × every other workload's server port, in topology order (the ``predict`` truth table
-    and ``expect: derived``); a workload calling itself is not a connection between two workloads."""
+    """Every workload × every server port, in topology order (the ``predict`` truth table)."""
     return [
         predict(scenario, source, target, port)
         for source in scenario.topology.workloads
         for target in scenario.topology.servers
-        if target.ref != source.ref
         for port in target.ports
     ]

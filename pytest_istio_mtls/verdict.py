@@ -11,7 +11,9 @@ shows *why* it happened; anything else is an error with the reason, never a pass
 - ``unavailable``: the client's own sidecar answered 503 (or closed a TCP stream) and its upstream
   connection to this Service failed at the TLS level, or was reset by a server side that shows the
   connection (its sidecar's rejection or the capture); a bare TCP connect failure does not count.
-- ``denied``: 403 ``RBAC: access denied`` and the server sidecar recorded an RBAC denial.
+- ``denied``: 403 ``RBAC: access denied`` and the server sidecar recorded an RBAC denial; on a TCP
+  port, the connection closed without an answer, the server sidecar's network RBAC filter counted a
+  denial (``tcp.rbac.denied``) and its access log ended that connection as an RBAC denial.
 
 A dead proxy, a dead app, an unresolved name, a timeout, or missing evidence is an error.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .authz import DENIED_DETAIL, TCP_DENIED_STAT
 from .model import Result
 from .observation import Evidence, Observation, ProxyEvidence
 
@@ -111,6 +114,29 @@ def _client_upstream_failed(observation: Observation) -> tuple[list[str], str]:
         return [], (f"the client sidecar could not open a TCP connection to {probe.target.ref} (no TLS error, no "
                     "reset): a network or workload fault, not a policy outcome")
     return [], f"the client sidecar recorded no upstream connection failure for {cluster}"
+
+
+def _tcp_denied(observation: Observation) -> Verdict | None:
+    """TCP denial: the server sidecar accepted the connection, then its RBAC network filter closed it.
+
+    Proven by the filter's counter and the access-log entry of that connection, whose termination
+    detail names the matched DENY policy (or ``none`` when no ALLOW policy matched). Without the
+    counter this is not a denial (None: judged like any other closed connection).
+    """
+    server = observation.evidence.server_proxy
+    denials = server.count(TCP_DENIED_STAT) if server is not None else 0
+    if server is None or not denials:
+        return None
+    because = [f"client saw: {observation.client_saw()}", f"server sidecar {TCP_DENIED_STAT} +{denials}"]
+    details = sorted({str(e.get("connection_termination_details")) for e in server.access_log}
+                     - {"None", "", "-"})
+    rbac = [d for d in details if d.startswith(DENIED_DETAIL)]
+    if not rbac:
+        ended = f" (it ended with {', '.join(details)})" if details else ""
+        return _error(f"{TCP_DENIED_STAT} moved, but the server sidecar's access log does not show this connection "
+                      f"closed by RBAC{ended}", because)
+    return Verdict(Result.DENIED, [*because, *(f"server sidecar access log: connection_termination_details {d}"
+                                               for d in rbac)])
 
 
 def _faults(observation: Observation) -> list[str]:
@@ -208,6 +234,10 @@ def decide(observation: Observation) -> Verdict:
                       "a refusal")
     if observation.error == "refused":
         return _error("connection refused (nothing listens on the port): a sidecar or app is not running")
+    if probe.port.protocol == "tcp" and observation.error in ("closed", "reset"):
+        denied = _tcp_denied(observation)
+        if denied is not None:
+            return denied
     if client_sidecar:
         failures, why_not = _client_upstream_failed(observation)
         if probe.port.protocol == "tcp" and failures:

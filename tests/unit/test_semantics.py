@@ -421,12 +421,12 @@ CASES = [
         "curl.bar", HTTPBIN_FOO, UNAVAILABLE, "O3 O1", mesh=AUTO_MTLS_OFF),
 
     # ---- X2 unmodelled resources ----------------------------------------------------------------
-    # X2: an AuthorizationPolicy on the server makes a succeeding pair unknown.
-    row("X2-authorization-policy-unknown", [ALLOW_NOTHING_FOO], "curl.bar", HTTPBIN_FOO, UNKNOWN, "X1 X2",
-        reason="AuthorizationPolicy foo/allow-nothing"),
-    # X2: ... also for a plaintext success from a client without sidecar.
-    row("X2-authorization-policy-unknown-plaintext", [ALLOW_NOTHING_FOO], "curl.legacy", HTTPBIN_FOO, UNKNOWN,
-        "X2"),
+    # A1 A2 (authz, pinned in test_authz.py): an allow-nothing policy on the server denies a succeeding pair.
+    row("A2-authorization-policy-allow-nothing", [ALLOW_NOTHING_FOO], "curl.bar", HTTPBIN_FOO, Result.DENIED,
+        "X1 A1 A2", reason="foo/allow-nothing has no rule (allow-nothing)"),
+    # A5: ... also a plaintext success from a client without sidecar.
+    row("A2-authorization-policy-allow-nothing-plaintext", [ALLOW_NOTHING_FOO], "curl.legacy", HTTPBIN_FOO,
+        Result.DENIED, "A2 A5"),
     # X1: authorization cannot rescue plaintext → STRICT: still refused.
     row("X2-authorization-policy-refused-stays-refused", [FOO_STRICT, ALLOW_NOTHING_FOO], "curl.legacy",
         HTTPBIN_FOO, REFUSED, "X1"),
@@ -440,14 +440,14 @@ CASES = [
     # X2: an AuthorizationPolicy in another namespace does not bind the server.
     row("X2-authorization-policy-other-namespace", [resource("AuthorizationPolicy", "bar", "allow-nothing", "{}")],
         "curl.foo", HTTPBIN_FOO, MTLS, "X1"),
-    # X2: an unselected AuthorizationPolicy in the root namespace is mesh-wide.
-    row("X2-authorization-policy-mesh-wide", [resource("AuthorizationPolicy", "istio-system", "deny-all",
+    # A1: an unselected AuthorizationPolicy in the root namespace is mesh-wide.
+    row("A1-authorization-policy-mesh-wide", [resource("AuthorizationPolicy", "istio-system", "deny-all",
                                                        "{action: DENY, rules: [{}]}")],
-        "curl.bar", HTTPBIN_FOO, UNKNOWN, "X2", reason="AuthorizationPolicy istio-system/deny-all"),
-    # X2: a selector in the root namespace matches workloads of every namespace (unlike P1 for PeerAuthentication).
-    row("X2-authorization-policy-root-selector", [resource("AuthorizationPolicy", "istio-system", "httpbin",
+        "curl.bar", HTTPBIN_FOO, Result.DENIED, "A1 A2", reason="AuthorizationPolicy istio-system/deny-all"),
+    # A1: a selector in the root namespace matches workloads of every namespace (unlike P1 for PeerAuthentication).
+    row("A1-authorization-policy-root-selector", [resource("AuthorizationPolicy", "istio-system", "httpbin",
                                                            "{selector: {matchLabels: {app: httpbin}}}")],
-        "curl.bar", HTTPBIN_FOO, UNKNOWN, "X2", reason="AuthorizationPolicy istio-system/httpbin"),
+        "curl.bar", HTTPBIN_FOO, Result.DENIED, "A1 A2", reason="istio-system/httpbin has no rule"),
     # X2: AUDIT does not allow or deny.
     row("X2-authorization-policy-audit-ignored", [resource("AuthorizationPolicy", "foo", "audit",
                                                            "{action: AUDIT, rules: [{}]}")],
