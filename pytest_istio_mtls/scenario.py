@@ -567,6 +567,8 @@ class _Loader:
         rows: list[Expectation] = []
         unknown: list[str] = []
         for prediction in semantics.predict_all(scenario):
+            if prediction.source.ref == prediction.target.ref:  # a workload calling itself is not a connection
+                continue  # between two workloads: a derived table probes those only
             if prediction.result is Result.UNKNOWN:
                 unknown.append(f"{prediction.source.ref}->{prediction.target.ref}:{prediction.port.port} "
                                f"({prediction.reason})")

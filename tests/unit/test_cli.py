@@ -117,7 +117,7 @@ def test_the_builtin_library_by_name(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_predict_json_is_exactly_the_public_shape(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """predict --json prints one line {scenario, rows[{from,to,port,result,reason}]} per scenario, for every
-    client × other workload's server port (a workload calling itself is not in the table)."""
+    workload × server port."""
     (here / "a.yaml").write_text(DOCS_STYLE)
     code, out, _ = run(capsys, "predict", "a.yaml", "--json")
     assert code == 0
@@ -127,6 +127,7 @@ def test_predict_json_is_exactly_the_public_shape(here: Path, capsys: pytest.Cap
     assert all(set(row) == {"from", "to", "port", "result", "reason"} for row in data["rows"])
     cells = {(r["from"], r["to"], r["port"]): r["result"] for r in data["rows"]}
     assert cells == {
+        ("httpbin.foo", "httpbin.foo", 8000): "mtls",
         ("curl.foo", "httpbin.foo", 8000): "mtls",
         ("curl.legacy", "httpbin.foo", 8000): "refused",
     }
@@ -146,14 +147,16 @@ def test_predict_takes_several_files_and_directories(here: Path, capsys: pytest.
         "\n"
         "foo-strict  (mesh/a.yaml)\n"
         "             httpbin.foo:8000\n"
+        "httpbin.foo  mtls\n"
         "curl.foo     mtls\n"
         "curl.legacy  refused\n"
-        "2 pairs: 1 mtls, 1 refused\n"
+        "3 pairs: 2 mtls, 1 refused\n"
         "\n"
         "envoyfilter  (ef.yaml)\n"
-        "          httpbin.foo:8000\n"
-        "curl.foo  unknown\n"
-        "1 pair: 1 unknown\n"), "")
+        "             httpbin.foo:8000\n"
+        "httpbin.foo  unknown\n"
+        "curl.foo     unknown\n"
+        "2 pairs: 2 unknown\n"), "")
     code, out, _ = run(capsys, "predict", "mesh", "ef.yaml", "--json")
     assert code == 0
     assert [json.loads(line)["scenario"] for line in out.splitlines()] == ["foo-strict", "envoyfilter"]

@@ -66,7 +66,7 @@ def test_cleanup_of_a_run_in_use_fails(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("count", "word", "text"), [
     (0, "error", "0 errors"), (1, "error", "1 error"), (2, "policy", "2 policies"), (1, "policy", "1 policy"),
-    (3, "key", "3 keys"), (2, "pass", "2 passes"), (1, "agrees", "1 agrees"),
+    (3, "key", "3 keys"), (2, "pass", "2 passes"), (1, "pair", "1 pair"), (1, "agrees", "1 agrees"),
 ])
 def test_plural(count: int, word: str, text: str) -> None:
     assert plural(count, word, "agree" if word == "agrees" else "") == text
