@@ -18,6 +18,11 @@ topology:
     - {name: curl, namespace: legacy}
 """
 FIRST = "name: first\n" + TOPOLOGY + """
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: default, namespace: foo}
+  spec: {mtls: {mode: PERMISSIVE}}
 expect:
   - {from: curl.foo, to: "httpbin.foo:8000", result: mtls}
   - {from: curl.legacy, to: "httpbin.foo:8000", result: plaintext}
@@ -42,6 +47,8 @@ def test_failing_rows_show_their_own_pair_and_scenario(pytester: pytest.Pytester
                                            "--istio-control-plane=emulated", "--istio-report=out",
                                            "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["[[]istio-mtls] scenario first: applying 1 policy",
+                                 "[[]istio-mtls] starting 4 pods (3 with an Envoy sidecar)"])
     report = json.loads((pytester.path / "out/report.json").read_text())
     failing = {row["from"]: row["message"] for row in report["scenarios"][1]["rows"] if row["status"] == "wrong"}
     assert {source: _section(message, "sidecar configuration") for source, message in failing.items()} == {

@@ -28,6 +28,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from ... import semantics
 from ...authz import TCP_DENIED_STAT
+from ...diagnostics import plural
 from ...evidence import accesslog, capture, identity, stats
 from ...model import MeshSettings, Scenario, Topology, Workload
 from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
@@ -151,7 +152,7 @@ class LocalBackend:
             self.progress(f"removed a stale local run: {line}")
         kept = kept_runs()
         if kept:
-            self.progress(f"{len(kept)} kept local run(s) still exist ({', '.join(s.run_id for s in kept)}); "
+            self.progress(f"{plural(len(kept), 'kept local run')} still there ({', '.join(s.run_id for s in kept)}); "
                           "remove them with: pytest-istio-mtls cleanup")
         self.state = new_run()
         self.hub = f"{PREFIX}-{self.state.run_id}-hub"
@@ -265,7 +266,7 @@ class LocalBackend:
         if reason is not None:  # run.py asks before deploying; this guards direct callers (fixtures)
             raise BackendError(reason)
         sidecars = sum(1 for w in topology.workloads if w.sidecar)
-        self.progress(f"starting {len(topology.workloads)} pods ({sidecars} with Envoy sidecars)")
+        self.progress(f"starting {plural(len(topology.workloads), 'pod')} ({sidecars} with an Envoy sidecar)")
         run_id = self.state.run_id
         pods = []
         for index, workload in enumerate(topology.workloads):
@@ -539,8 +540,8 @@ class LocalBackend:
             self._confirm_istiod()
             self.scenario = scenario
             self._stats = {}
-            self.progress(f"istiod's configuration for {len(scenario.policies)} policies in force on "
-                          f"{sum(1 for p in self.pods.values() if p.envoy is not None)} sidecars after "
+            self.progress(f"istiod's configuration for {plural(len(scenario.policies), 'policy')} in force on "
+                          f"{plural(sum(1 for p in self.pods.values() if p.envoy is not None), 'sidecar')} after "
                           f"{(time.monotonic() - started) * 1000:.0f} ms")
             return
         try:
@@ -555,7 +556,7 @@ class LocalBackend:
         self.scenario = scenario
         self._stats = {}  # clusters were rebuilt, their counters restarted: read fresh "before" values
         if changed:
-            self.progress(f"policies in force on {len(changed)} sidecars after "
+            self.progress(f"policies in force on {plural(len(changed), 'sidecar')} after "
                           f"{(time.monotonic() - started) * 1000:.0f} ms")
 
     def clear(self) -> None:
