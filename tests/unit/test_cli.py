@@ -175,6 +175,17 @@ def test_predict_report_files_follow_the_schema(write_scenario: Callable[..., Pa
     assert "<html" in (tmp_path / "out/report.html").read_text()
 
 
+def test_predict_report_replaces_an_earlier_report(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """predict --report into a run's report directory removes that run's captures (they are not this report's)
+    and leaves files that are not ours."""
+    (here / "a.yaml").write_text(DOCS_STYLE)
+    (here / "out/captures/old").mkdir(parents=True)
+    (here / "out/captures/old/x.pcap").write_bytes(b"")
+    (here / "out/notes.txt").write_text("mine")
+    assert run(capsys, "predict", "a.yaml", "--report", "out")[::2] == (0, "reports written to out/report.{json,md,html}\n")
+    assert sorted(p.name for p in (here / "out").iterdir()) == ["notes.txt", "report.html", "report.json", "report.md"]
+
+
 def test_explain_prints_the_decision_chain(write_scenario: Callable[..., Path],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     """explain names the rules and resources that decide one pair."""
