@@ -203,12 +203,11 @@ class Rule:
     sources: tuple[tuple[Condition, ...], ...]  # empty tuple of conditions: any source
     operations: tuple[tuple[Condition, ...], ...]
     when: tuple[Condition, ...]
-    dropped: tuple[str, ...] = ()  # what Istio ignored in this rule, for the explanation
 
     def text(self) -> str:
         parts = []
         for label, groups in (("from", self.sources), ("to", self.operations)):
-            shown = ["; ".join(c.text() for c in group) for group in groups if group]
+            shown = [" and ".join(c.text() for c in group) for group in groups if group]
             if shown:
                 parts.append(f"{label} " + " or ".join(shown))
         if self.when:
@@ -230,13 +229,13 @@ def _value_error(attribute: str, value: str, tcp: bool) -> str:
     """Why Istio cannot generate a matcher for one value ("" when it can): authz/model/generator.go."""
     base = attribute.split("[", 1)[0]
     if tcp and base in HTTP_ONLY:
-        return f"{attribute} is HTTP only"
+        return "HTTP only"
     if base == "destination.port" and not (value.isdigit() and int(value) <= 65535):
-        return f"invalid port {value}"
+        return "not a port number"
     if base in ("source.ip", "remote.ip", "destination.ip") and _network(value) is None:
-        return f"invalid IP block {value}"
+        return "not an IP address or CIDR block"
     if base in ("request.headers", "request.auth.claims") and not re.fullmatch(r"\[.+\]", attribute[len(base):]):
-        return f"{attribute}: expecting the format {base}[<NAME>]"
+        return f"the key must be {base}[<NAME>]"
     return ""
 
 
@@ -247,23 +246,31 @@ def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None
         return None
 
 
-def compile_rules(policy: Policy, action: str, tcp: bool) -> tuple[list[Rule], list[Finding]]:
+@dataclass
+class Compiled:
+    """What istiod generates from one policy for one kind of filter chain."""
+
+    rules: list[Rule] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # rules Istio dropped, with why (for "no ALLOW matched")
+
+
+def compile_rules(policy: Policy, action: str, tcp: bool) -> Compiled:
     """The RBAC policies istiod generates from ``policy`` for a TCP or HTTP filter chain (A3, A6).
 
     A value Istio cannot use there (an HTTP-only field on TCP, an invalid port or IP block) makes an
     ALLOW rule disappear (a smaller allow) and is dropped from a DENY or AUDIT rule (a wider deny):
     authz/model/model.go ``checkError``. A rule with an unknown ``when`` key is skipped for every action.
+    No rules at all is an explicit policy that never matches (builder.go ``rbacPolicyMatchNever``).
     """
     chain = "TCP" if tcp else "HTTP"
+    out = Compiled()
     raw_rules = policy.spec.get("rules")
-    if not isinstance(raw_rules, list) or not raw_rules:
-        return [], []  # no rules: an explicit policy that never matches (builder.go rbacPolicyMatchNever)
-    rules: list[Rule] = []
-    notes: list[Finding] = []
-    for index, raw in enumerate(raw_rules):
+    for index, raw in enumerate(raw_rules if isinstance(raw_rules, list) else []):
         name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
         if not isinstance(raw, Mapping):
-            notes.append(Finding("A3", f"{name} is empty (null): Istio skips it"))
+            out.notes.append(Finding("A3", f"{name} is empty (null): Istio skips it"))
+            out.skipped.append(f"{name} is null")
             continue
         when: list[Condition] = []
         unknown_key = ""
@@ -273,28 +280,30 @@ def compile_rules(policy: Policy, action: str, tcp: bool) -> tuple[list[Rule], l
             if attribute is None:
                 unknown_key = key
                 break
-            when.append(Condition(f"when {key}", attribute, _strings(cond.get("values")),
-                                  _strings(cond.get("notValues"))))
+            when.append(_qualified(Condition(f"when {key}", attribute, _strings(cond.get("values")),
+                                             _strings(cond.get("notValues"))), policy.namespace))
         if unknown_key:
-            notes.append(Finding("A3", f"{name} uses the unknown attribute '{unknown_key}': Istio skips the rule"))
+            out.notes.append(Finding("A3", f"{name} uses the unknown attribute '{unknown_key}': Istio skips the rule"))
+            out.skipped.append(f"{name} uses the unknown attribute '{unknown_key}'")
             continue
         sources = [_conditions(entry.get("source") if isinstance(entry, Mapping) else None, SOURCE_FIELDS,
                                policy.namespace) for entry in raw.get("from") or []]
         operations = [_conditions(entry.get("operation") if isinstance(entry, Mapping) else None, OPERATION_FIELDS,
                                   policy.namespace) for entry in raw.get("to") or []]
-        when = [_qualified(c, policy.namespace) for c in when]
-        everything = [c for group in (*sources, *operations) for c in group] + when
-        errors = [(c, v, e) for c in everything for v in (*c.values, *c.not_values)
-                  if (e := _value_error(c.attribute, v, tcp))]
-        if errors and action == "ALLOW":
-            condition, _, error = errors[0]
-            notes.append(Finding("A6", f"{name} uses {condition.field.removeprefix('when ')} ({error}): on this "
-                                       f"{chain} port Istio drops the whole ALLOW rule, so it allows nothing"))
+        unusable: dict[tuple[str, str], list[str]] = {}
+        for condition in [c for group in (*sources, *operations) for c in group] + when:
+            for value in (*condition.values, *condition.not_values):
+                error = _value_error(condition.attribute, value, tcp)
+                if error:
+                    unusable.setdefault((condition.field.removeprefix("when "), error), []).append(value)
+        what = ", ".join(f"{f} [{', '.join(v)}] ({e})" for (f, e), v in unusable.items())
+        if what and action == "ALLOW":
+            out.notes.append(Finding("A6", f"{name} uses {what}: on a {chain} port Istio drops this ALLOW rule"))
+            out.skipped.append(f"{name} is dropped on a {chain} port: {what}")
             continue
-        dropped = tuple(sorted({f"{c.field.removeprefix('when ')} ({e})" for c, _, e in errors}))
-        if dropped:
-            notes.append(Finding("A6", f"{name}: on this {chain} port Istio ignores {', '.join(dropped)} in this "
-                                       f"{action} rule, so the rule matches more"))
+        if what:
+            out.notes.append(Finding("A6", f"{name}: on a {chain} port Istio ignores {what} in this {action} rule, "
+                                           "so the rule matches more"))
 
         def keep(condition: Condition) -> Condition | None:
             values = tuple(v for v in condition.values if not _value_error(condition.attribute, v, tcp))
@@ -306,11 +315,9 @@ def compile_rules(policy: Policy, action: str, tcp: bool) -> tuple[list[Rule], l
         def kept(group: Sequence[Condition]) -> tuple[Condition, ...]:
             return tuple(c for c in map(keep, group) if c is not None)
 
-        rules.append(Rule(name, policy, index,
-                          tuple(kept(g) for g in sources) or ((),),
-                          tuple(kept(g) for g in operations) or ((),),
-                          kept(when), dropped))
-    return rules, notes
+        out.rules.append(Rule(name, policy, index, tuple(kept(g) for g in sources) or ((),),
+                              tuple(kept(g) for g in operations) or ((),), kept(when)))
+    return out
 
 
 def _conditions(block: Any, fields: Sequence[tuple[str, str, str]], namespace: str) -> tuple[Condition, ...]:
@@ -524,15 +531,15 @@ def evaluate(scenario: Scenario, server: Workload, port: Port, request: Request,
                                           "changes the outcome"))
     enforced = {action: [b.policy for b in bound if b.action == action and not b.dry_run]
                 for action in ("DENY", "ALLOW")}
-    compiled: dict[Policy, list[Rule]] = {}
+    compiled: dict[Policy, Compiled] = {}
     for action, policies in enforced.items():
         for policy in policies:
-            compiled[policy], notes = compile_rules(policy, action, attrs.tcp)
-            findings.extend(notes)
+            compiled[policy] = compile_rules(policy, action, attrs.tcp)
+            findings.extend(compiled[policy].notes)
 
     def rules_of(action: str) -> list[Rule]:
         # Envoy keeps an RBAC filter's policies in a sorted map: the first match by name is the one logged.
-        return sorted((r for p in enforced[action] for r in compiled[p]), key=lambda r: r.name)
+        return sorted((r for p in enforced[action] for r in compiled[p].rules), key=lambda r: r.name)
 
     deny = FALSE
     for rule in rules_of("DENY"):
@@ -569,11 +576,10 @@ def evaluate(scenario: Scenario, server: Workload, port: Port, request: Request,
         return Decision("unknown", allow.why, tuple(findings))
     misses = []
     for policy in enforced["ALLOW"]:
-        name = policy.ref.removeprefix(f"{AUTHORIZATION_POLICY} ")
-        if not compiled[policy]:
-            has_rules = isinstance(policy.spec.get("rules"), list) and bool(policy.spec.get("rules"))
-            misses.append(f"{name} has no rule {'left on this port' if has_rules else '(allow-nothing)'}")
-        for rule in compiled[policy]:
+        if not compiled[policy].rules and not compiled[policy].skipped:
+            misses.append(f"{policy.ref.removeprefix(f'{AUTHORIZATION_POLICY} ')} has no rule (allow-nothing)")
+        misses.extend(compiled[policy].skipped)
+        for rule in compiled[policy].rules:
             _, failed = rule_matches(rule, attrs, trust_domain)
             misses.append(f"{rule.name} needs {failed}")
     either = f"; {deny.why}, but the request is denied either way" if deny.value is None else ""
