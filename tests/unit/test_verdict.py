@@ -154,3 +154,57 @@ def test_a_verdict_reads_as_one_line_whether_proven_or_not() -> None:
     assert str(decide(strip(refused(), error="timeout"))) == (
         "no result: timed out (though server sidecar listener.0.0.0.0_15006.no_filter_chain_match +1): a policy "
         "rejection is immediate, so a timeout is never counted as a refusal")
+
+
+# A TCP denial as real istio-proxy records it (istiod 1.31, Envoy 1.40, local backend): the client sees the
+# connection closed without the echo, the server sidecar's network RBAC filter counts tcp.rbac.denied and its
+# access log ends the connection with the matched policy (or "none" when no ALLOW policy matched).
+TCP_DENIAL_LOG = {"connection_termination_details": "rbac_access_denied_matched_policy[ns[foo]-policy[deny]-rule[0]]",
+                  "response_flags": "-", "bytes_sent": 0, "downstream_peer_uri_san": "spiffe://cluster.local/ns/foo/sa/curl"}
+
+
+def tcp_denied(source: Workload = CURL_FOO) -> Observation:
+    client = ProxyEvidence("curl.foo", {"cluster.outbound|9000||httpbin.foo.svc.cluster.local;.ssl.handshake": 1},
+                           [{"response_flags": "-"}]) if source.sidecar else None
+    return Observation(probe(source, HTTPBIN_FOO, TCP), error="closed", error_detail="connection closed without the echo",
+                       evidence=Evidence(client_proxy=client, server_proxy=ProxyEvidence(
+                           "httpbin.foo", {"tcp.rbac.denied": 1, "listener.0.0.0.0_15006.ssl.handshake": 1},
+                           [TCP_DENIAL_LOG])))
+
+
+@pytest.mark.parametrize("source", [CURL_FOO, CURL_LEGACY], ids=["through-a-client-sidecar", "without-sidecar"])
+def test_tcp_denied_needs_the_network_rbac_counter_and_its_access_log_entry(source: Workload) -> None:
+    """TCP denied: closed by the server sidecar's RBAC network filter, named by counter and termination detail."""
+    verdict = decide(tcp_denied(source))
+    assert verdict.result is Result.DENIED, verdict.error
+    assert verdict.because == [
+        "client saw: closed (connection closed without the echo)", "server sidecar tcp.rbac.denied +1",
+        "server sidecar access log: connection_termination_details "
+        "rbac_access_denied_matched_policy[ns[foo]-policy[deny]-rule[0]]"]
+
+
+@pytest.mark.parametrize(("observation", "error"), [
+    # Without the counter a closed TCP connection is never "denied" (nor refused/unavailable).
+    (strip(tcp_denied(CURL_LEGACY), server_proxy=ProxyEvidence("httpbin.foo", {}, [TCP_DENIAL_LOG])),
+     "the server sidecar recorded no rejection"),
+    (strip(tcp_denied(), server_proxy=ProxyEvidence("httpbin.foo", {}, [TCP_DENIAL_LOG])),
+     "recorded no upstream connection failure"),
+    # The counter moved, but this connection's log entry says it ended for another reason, or is missing.
+    (strip(tcp_denied(), server_proxy=ProxyEvidence("httpbin.foo", {"tcp.rbac.denied": 1}, [
+        {"connection_termination_details": "-", "response_flags": "UC"}])),
+     "access log does not show this connection closed by RBAC"),
+    (strip(tcp_denied(), server_proxy=ProxyEvidence("httpbin.foo", {"tcp.rbac.denied": 1}, [])),
+     "access log does not show this connection closed by RBAC"),
+    # A shadow (dry-run) denial is not a denial.
+    (strip(tcp_denied(CURL_LEGACY), server_proxy=ProxyEvidence(
+        "httpbin.foo", {"tcp.rbac.istio_dry_run_allow_.shadow_denied": 1}, [TCP_DENIAL_LOG])),
+     "the server sidecar recorded no rejection"),
+    # A policy rejection is immediate: a timeout stays an error even with the counter.
+    (strip(tcp_denied(), error="timeout"), "timed out"),
+], ids=["no-counter-no-sidecar", "no-counter-client-sidecar", "other-termination", "no-log-entry", "shadow-only",
+        "timeout"])
+def test_tcp_denied_without_its_evidence_is_an_error(observation: Observation, error: str) -> None:
+    verdict = decide(observation)
+    assert verdict.result is None
+    assert error in verdict.error
+
