@@ -27,7 +27,7 @@ TCP_DENIED_STAT = "tcp.rbac.denied"
 # matched policy name, or "none" when no ALLOW policy matched; seen in real istio-proxy access logs.
 DENIED_DETAIL = "rbac_access_denied_matched_policy["
 
-Verdict = Literal["allow", "deny", "unknown"]
+Effect = Literal["allow", "deny", "unknown"]
 Tri = bool | None  # three-valued: None when the answer depends on something not modelled
 
 
@@ -41,7 +41,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: Verdict
+    effect: Effect
     reason: str  # names the policy and rule that decided, or why it is unknown
     findings: tuple[Finding, ...] = ()
 
@@ -55,7 +55,7 @@ class Attributes:
     tcp: bool
     method: str = ""
     path: str = ""
-    authority: str | None = ""  # None: depends on the client (see _authority)
+    authority: str | None = ""  # None: depends on the client (see request_attributes)
     headers: Mapping[str, str] = field(default_factory=dict)  # names lower-cased
 
     def who(self) -> str:

@@ -520,10 +520,10 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
         peer = source.spiffe(scenario.mesh.trust_domain) if result is Result.MTLS else None
         decision = authz.evaluate(scenario, target, port, request, peer)
         steps.extend(Step(f.rule, f.text) for f in decision.findings)
-        if decision.verdict == "unknown":
+        if decision.effect == "unknown":
             return Prediction(source, target, port, Result.UNKNOWN, decision.reason, tuple(steps), server, client,
                               request)
-        if decision.verdict == "deny":
+        if decision.effect == "deny":
             result = Result.DENIED
         if decision.reason:
             why = f"{why}, then {decision.reason}"
