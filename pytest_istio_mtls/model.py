@@ -201,11 +201,19 @@ class Request:
 
 
 def pair_id(source: Workload, target: Workload, port: Port, request: Request) -> str:
-    """``from->to:port`` (plus ``[METHOD /path]`` for a non-default request): the stable id of a probe,
+    """``from->to:port`` (plus ``:METHOD:/path`` for a non-default request): the stable id of a probe,
     used as the pytest item name and the report row key."""
-    text = f"{source.ref}->{target.ref}:{port.port}"
-    if not request.is_default:
-        text += f"[{request.label}]"
+    if request.is_default:
+        return row_id(source.ref, target.ref, port.port)
+    return row_id(source.ref, target.ref, port.port, request.method, request.path)
+
+
+def row_id(source: str, target: str, port: int, method: str = "", path: str = "") -> str:
+    """The text of a pair id. No ``[...]`` (pytest reads it as parameters, so ``--lf`` and pasted ids would
+    never match again) and no ``::`` (a node id separator) in it."""
+    text = f"{source}->{target}:{port}"
+    if method:
+        text += f":{method}:" + path.replace("[", "%5B").replace("]", "%5D").replace("::", ":%3A")
     return text
 
 

@@ -37,7 +37,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--istio-scenarios", "istio_scenarios",
            "collect scenario files as tests: files or directories, or 'builtin' for the library shipped with "
-           "the plugin (default with no PATH: ini istio_scenarios, else <rootdir>/scenarios)",
+           "the plugin (default with no PATH: ini istio_scenarios, else <rootdir>/scenarios); alone it runs only "
+           "scenarios. The ini key alone turns collection on beside the project's other tests, and so does a "
+           "scenario file named as an argument",
            kind="paths", metavar="PATH"),
     Option("--istio-backend", "istio_backend",
            "where probes run: kind (create a kind cluster with real Istio), existing (a cluster from a "
@@ -52,7 +54,8 @@ OPTIONS: tuple[Option, ...] = (
            "write report.json, report.md and report.html into DIR", metavar="DIR"),
     Option("--istio-keep", "istio_keep",
            "keep what the run created (cluster, namespaces, network namespaces, proxies) for inspection: never, "
-           "on-failure (only when an item failed or errored) or always; instructions are printed",
+           "on-failure (when an item failed or errored: the first failing scenario's mesh is kept and later "
+           "scenarios are skipped) or always (the last scenario's mesh); instructions are printed",
            default="never", choices=KEEP),
     Option("--istio-version", "istio_version",
            "kind backend: the Istio to install: an exact version (1.31.1), a minor (1.31: its newest patch) or "
@@ -103,6 +106,8 @@ class Settings:
 
     scenarios: tuple[Path, ...] | None = None  # None: scenario collection is off
     scenarios_defaulted: bool = False  # no PATH given: <rootdir>/scenarios (or ini) was used
+    scenarios_only: bool = False  # turned on by the flag or its env twin: without arguments, run only scenarios
+    node_ids: tuple[str, ...] = ()  # `--istio-scenarios DIR FILE::ROW`: argparse gave the option a node id
     backend: str = "kind"
     control_plane: str = "istiod"
     report: Path | None = None
@@ -151,7 +156,11 @@ def resolve(config: pytest.Config) -> Settings:
     rootdir = Path(config.rootpath)
     scenarios: tuple[Path, ...] | None = None
     raw_paths, source = values["istio_scenarios"]
-    if config.getoption("istio_scenarios") is not None or os.environ.get(BY_DEST["istio_scenarios"].env):
+    node_ids = tuple(str(p) for p in raw_paths if "::" in str(p))
+    raw_paths = [p for p in raw_paths if "::" not in str(p)]
+    scenarios_only = config.getoption("istio_scenarios") is not None or bool(
+        os.environ.get(BY_DEST["istio_scenarios"].env))
+    if scenarios_only or config.getini("istio_scenarios"):
         paths = [str(p) for p in raw_paths] or [str(p) for p in config.getini("istio_scenarios")]
         default = not paths
         if default:
@@ -162,12 +171,15 @@ def resolve(config: pytest.Config) -> Settings:
             if not path.is_absolute() and entry != "builtin":
                 path = Path(config.invocation_params.dir) / path
             if not path.exists():
-                if default and config.args_source == pytest.Config.ArgsSource.ARGS:
+                if default and (config.args_source == pytest.Config.ArgsSource.ARGS or node_ids):
                     continue  # explicit paths on the command line say what to collect
                 hint = " (or --istio-scenarios builtin for the library shipped with the plugin)" if default else ""
                 raise pytest.UsageError(f"{source}: no such scenario file or directory: {entry}{hint}")
             resolved.append(path)
         scenarios = tuple(resolved)
+    else:
+        named = _scenario_arguments(config)
+        scenarios = named or None
 
     timeout_value, timeout_source = values["istio_timeout"]
     try:
@@ -217,7 +229,9 @@ def resolve(config: pytest.Config) -> Settings:
     report = values["istio_report"][0]
     return Settings(
         scenarios=scenarios,
-        scenarios_defaulted=scenarios is not None and not raw_paths,
+        scenarios_defaulted=scenarios_only and not raw_paths,
+        scenarios_only=scenarios_only,
+        node_ids=node_ids,
         backend=str(backend),
         control_plane=str(values["istio_control_plane"][0]),
         report=Path(config.invocation_params.dir, report) if report else None,
@@ -233,6 +247,21 @@ def resolve(config: pytest.Config) -> Settings:
         rootdir=rootdir,
         extra=_pytest_kind_options(config),
     )
+
+
+def _scenario_arguments(config: pytest.Config) -> tuple[Path, ...]:
+    """Scenario files named as arguments (``pytest tests/mesh/x.yaml``): naming one asks to run it."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return ()
+    from .scenario import looks_like_scenario
+
+    paths = (argument_path(config, arg) for arg in config.args)
+    return tuple(path for path in paths if path.is_file() and looks_like_scenario(path))
+
+
+def argument_path(config: pytest.Config, arg: str) -> Path:
+    """The file or directory of a command-line argument (``file.yaml::NAME::ROW`` → ``file.yaml``)."""
+    return Path(config.invocation_params.dir, arg.split("::", maxsplit=1)[0]).resolve()
 
 
 def _pytest_kind_options(config: pytest.Config) -> dict[str, Any]:

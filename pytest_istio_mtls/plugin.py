@@ -1,15 +1,16 @@
 """pytest hooks, collection and fixtures. Thin on purpose: the work lives in the modules it calls.
 
-``pytest --istio-scenarios`` collects one item per expectation row, ``file.yaml::NAME::FROM->TO:PORT``.
-Nothing here starts a mesh until the first item runs, so ``--help``, ``--fixtures`` and
-``--collect-only`` never need one.
+``pytest --istio-scenarios`` collects one item per expectation row, ``file.yaml::NAME::FROM->TO:PORT``
+(``...:PORT:METHOD:/path`` for a non-default request). Nothing here starts a mesh until the first item
+runs, so ``--help``, ``--fixtures`` and ``--collect-only`` never need one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import options
+from .backends.base import BackendUnavailable
 from .diagnostics import ScenarioError
 from .model import Expectation, Scenario, Topology, default_topology
 
 if TYPE_CHECKING:
-    from .run import Run
+    from .run import Outcome, Run
 
 RUN_KEY = pytest.StashKey["Run"]()  # the session's run.Run, created lazily
 WORKER_REPORTS_KEY = pytest.StashKey[list[dict[str, Any]]]()  # xdist controller: what each worker sent
@@ -29,6 +31,9 @@ WORKER_OUTPUT = "istio_mtls"  # the key of our data in an xdist worker's workero
 REPORT_KEY = pytest.StashKey[Any]()  # the session's report, built once at session finish
 SETTINGS_KEY = pytest.StashKey[options.Settings]()
 KEEP_MESSAGE_KEY = pytest.StashKey[str]()
+PLANNED_KEY = pytest.StashKey[Sequence[tuple[Scenario, Expectation]]]()  # the collected rows, in run order
+STOPPED_KEY = pytest.StashKey[str]()  # why the session stopped early (the backend cannot run here)
+ROOTS_KEY = pytest.StashKey[list[Path]]()  # where scenario files are collected from
 
 
 class IstioScenarioWarning(UserWarning):
@@ -53,13 +58,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.scenarios is None:
         return
     explicit = config.args_source == pytest.Config.ArgsSource.ARGS
-    scenario_args = [str(p) for p in settings.scenarios]
-    if explicit:
-        if not settings.scenarios_defaulted:  # explicit positional args say what to collect otherwise
-            config.args.extend(a for a in scenario_args if a not in config.args)
-    else:  # `pytest --istio-scenarios` runs scenarios, not the project's other tests
-        config.args[:] = scenario_args
+    if settings.node_ids:  # `--istio-scenarios DIR FILE::ROW`: argparse gave the option what selects items
+        config.args[:] = [*config.args, *settings.node_ids] if explicit else list(settings.node_ids)
+        explicit = True
+    given = [options.argument_path(config, a) for a in config.args] if explicit else []
+    # Scenario files are collected below the scenario paths, below files named as arguments, and below
+    # directory arguments when `--istio-scenarios` came without PATH (`pytest tests/mesh --istio-scenarios`).
+    config.stash[ROOTS_KEY] = [p.resolve() for p in settings.scenarios] + [
+        g for g in given if g.is_file() or settings.scenarios_defaulted]
+    if not explicit and settings.scenarios_only:  # `pytest --istio-scenarios` runs scenarios, not other tests
+        config.args[:] = [str(p) for p in settings.scenarios]
+    elif not explicit or (settings.scenarios_only and not settings.scenarios_defaulted):
+        # The ini's scenarios join the project's tests; --istio-scenarios PATH joins explicit arguments.
+        # A path that contains or lies inside an argument is not added: the argument selects from it.
+        given = given or [options.argument_path(config, a) for a in config.args]
+        config.args.extend(str(p) for p in settings.scenarios if not any(_related(p.resolve(), g) for g in given))
     _install_sigterm_handler(config)
+
+
+def _related(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
 
 
 def _install_sigterm_handler(config: pytest.Config) -> None:
@@ -86,19 +104,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None or settings.scenarios is None:
         return []
-    paths = ", ".join(str(p) for p in settings.scenarios)
+    paths = ", ".join(str(p) for p in settings.scenarios) or "the command line's"
     return [f"istio-mtls: backend={settings.backend} keep={settings.keep} scenarios={paths}"]
 
 
 # --------------------------------------------------------------------------- collection
-
-
-def _scenario_roots(config: pytest.Config) -> list[Path]:
-    """Where scenario files are collected from: the --istio-scenarios paths and the positional args."""
-    settings = config.stash[SETTINGS_KEY]
-    roots = [p.resolve() for p in settings.scenarios or ()]
-    roots += [Path(config.invocation_params.dir, a.split("::")[0]).resolve() for a in config.args]
-    return roots
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFile | None:
@@ -108,11 +118,18 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
     from .scenario import looks_like_scenario
 
     resolved = file_path.resolve()
-    if not any(resolved == root or root in resolved.parents for root in _scenario_roots(config)):
+    if not any(resolved == root or root in resolved.parents for root in config.stash[ROOTS_KEY]):
         return None
     if not looks_like_scenario(file_path):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember every selected row, so the report shows rows pytest never ran as ``not run``."""
+    if not hasattr(session.config, "workerinput"):  # an xdist worker collects all and runs a share
+        session.config.stash[PLANNED_KEY] = [(i.scenario, i.expectation) for i in session.items
+                                             if isinstance(i, ProbeItem)]
 
 
 class ScenarioFile(pytest.File):
@@ -147,18 +164,34 @@ class ScenarioNode(pytest.Collector):
 class ProbeItem(pytest.Item):
     scenario: Scenario
     expectation: Expectation
+    _outcome: Outcome | None = None
+    _prepare_error: Exception | None = None
 
-    def setup(self) -> None:
+    def prepare(self) -> None:
+        """Probe this row's scenario (once per scenario) before pytest prints the item's line, so the
+        progress lines do not split it. An unexpected error is kept for setup, which reports it on the item."""
         selected = [item.expectation for item in self.session.items
                     if isinstance(item, ProbeItem) and item.scenario is self.scenario]
-        from .backends import BackendUnavailable
-
         try:
-            outcome = session_run(self.config).outcome(self.scenario, self.expectation, selected)
-        except BackendUnavailable as exc:
-            pytest.exit(f"istio-mtls: the {self.config.stash[SETTINGS_KEY].backend} backend cannot run here: {exc}",
-                        returncode=pytest.ExitCode.USAGE_ERROR)
-        self._outcome = outcome
+            self._outcome = session_run(self.config).outcome(self.scenario, self.expectation, selected)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            self._prepare_error = exc
+
+    def setup(self) -> None:
+        if self._prepare_error is not None:
+            raise self._prepare_error
+        if self._outcome is None:  # another plugin's pytest_runtest_protocol ran instead of ours
+            try:
+                self.prepare()
+            except BackendUnavailable as exc:
+                pytest.skip(_stop_session(self.session, exc))
+            return self.setup()
+        outcome = self._outcome
+        session_run(self.config).reported(self.scenario, self.expectation)
+        if outcome.status == "not run":
+            pytest.skip(outcome.not_run)
         from .report.junit import properties
 
         self.user_properties += properties(outcome, self.config.stash[SETTINGS_KEY].report,
@@ -168,14 +201,42 @@ class ProbeItem(pytest.Item):
         if outcome.status == "error":
             # Raised during setup, so pytest reports an ERROR: the probe could not be judged.
             pytest.fail(outcome.message(diagnostics=False), pytrace=False)
+        return None
 
     def runtest(self) -> None:
+        assert self._outcome is not None
         if self._outcome.status != "correct":  # judged, and it disagrees: a FAILED item
             pytest.fail(self._outcome.message(diagnostics=False), pytrace=False)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
+        # Not a suffix of the node id, so `pytest -v` prints the node id as is (a suffix would get its dots
+        # turned into `::`); it heads the item's failure section.
         line = self.expectation.mark.line - 1 if self.expectation.mark else None
-        return self.path, line, f"{self.scenario.name}::{self.name}"
+        return self.path, line, f"{self.scenario.name}: {self.name}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    """Probe a scenario before its first item's line is printed; stop the session once when the backend
+    cannot run here (no Docker, no root, no kubeconfig...) instead of failing every row the same way."""
+    if not isinstance(item, ProbeItem) or item.config.option.setupplan:
+        return None
+    try:
+        item.prepare()
+    except BackendUnavailable as exc:
+        _stop_session(item.session, exc)
+        return True  # the item is not run, and the loop stops after it
+    if item._outcome is not None and item._outcome.not_run:  # a skip located at the row, like a marker's
+        item.add_marker(pytest.mark.skip(reason=item._outcome.not_run))
+    return None
+
+
+def _stop_session(session: pytest.Session, exc: BackendUnavailable) -> str:
+    """Stop after the current item with one message (pytest prints it once, without a traceback)."""
+    message = f"istio-mtls: the {session.config.stash[SETTINGS_KEY].backend} backend cannot run here: {exc}"
+    session.shouldfail = message
+    session.config.stash[STOPPED_KEY] = message
+    return message
 
 
 def session_run(config: pytest.Config) -> Run:
@@ -185,16 +246,21 @@ def session_run(config: pytest.Config) -> Run:
         from .run import Run
 
         run = Run(config.stash[SETTINGS_KEY], _progress(config))
+        if PLANNED_KEY in config.stash:
+            run.plan(config.stash[PLANNED_KEY])
         config.stash[RUN_KEY] = run
     return run
 
 
 def _progress(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines on the terminal as they happen, also from inside a test's captured setup."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
 
     def progress(message: str) -> None:
         if reporter is not None and config.get_verbosity() >= 0:
-            reporter.write_line(f"[istio-mtls] {message}")
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+                reporter.write_line(f"[istio-mtls] {message}")
 
     return progress
 
@@ -216,11 +282,11 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         node.config.stash.setdefault(WORKER_REPORTS_KEY, []).append(sent)
 
 
-def _session_report(config: pytest.Config) -> Any:
+def _session_report(config: pytest.Config, interrupted: bool) -> Any:
     """This process's report: its own run's, or on an xdist controller the workers' merged; None if nothing ran."""
     run = config.stash.get(RUN_KEY, None)
-    if run is not None and run.outcomes:
-        return run.report()
+    if run is not None and run.has_rows():
+        return run.report(interrupted=interrupted)
     sent = config.stash.get(WORKER_REPORTS_KEY, [])
     if sent:
         from .report.model import merge, report_from_json
@@ -234,16 +300,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     settings = config.stash[SETTINGS_KEY]
     run = config.stash.get(RUN_KEY, None)
     worker = _worker_output(config)
+    # Ctrl-C or SIGTERM; a stop that pytest or a plugin asked for (--sw) sets shouldstop instead.
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED and not session.shouldstop
+    if STOPPED_KEY in config.stash:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR  # as before any test ran: the setup is wrong
     message = ""
     try:
         if run is not None:
-            message = run.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+            message = run.finish(interrupted=interrupted)
     finally:
         if worker is not None:  # the controller merges and writes; each worker has its own mesh
-            if run is not None and run.outcomes:
-                worker[WORKER_OUTPUT] = {"report": run.report().to_json(), "keep": message}
+            if run is not None and run.has_rows():
+                worker[WORKER_OUTPUT] = {"report": run.report(interrupted=interrupted).to_json(), "keep": message}
         else:
-            report = config.stash[REPORT_KEY] = _session_report(config)
+            report = config.stash[REPORT_KEY] = _session_report(config, interrupted)
             if settings.report is not None and report is not None:
                 from .report import write_all
 
@@ -274,6 +344,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 # --------------------------------------------------------------------------- fixtures
 
 
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """A failed comparison of an ``istio_probe`` result prints the evidence a failing scenario item prints."""
+    from .mesh import assertrepr_compare
+
+    return assertrepr_compare(op, left, right)
+
+
 @pytest.fixture(scope="session")
 def istio_topology() -> Topology:
     """The topology ``istio_mesh`` deploys. Override in conftest.py, e.g. with
@@ -287,7 +364,11 @@ def istio_mesh(request: pytest.FixtureRequest, istio_topology: Topology) -> Any:
     from .mesh import Mesh
 
     run = session_run(request.config)
-    return Mesh(run.backend, istio_topology)
+    try:
+        backend = run.backend
+    except BackendUnavailable as exc:
+        pytest.skip(_stop_session(request.session, exc))
+    return Mesh(backend, istio_topology)
 
 
 @pytest.fixture
@@ -298,7 +379,33 @@ def istio_policies(istio_mesh: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def istio_probe(istio_mesh: Any) -> Callable[..., Any]:
+def istio_probe(request: pytest.FixtureRequest, istio_mesh: Any) -> Callable[..., Any]:
     """``istio_probe("curl.foo", "httpbin.foo:8000")`` → a ProbeResult with ``.result`` (mtls, plaintext,
-    refused, unavailable, denied, or None when unproven), ``.verdict``, ``.observation``, ``.prediction``."""
-    return istio_mesh.probe  # type: ignore[no-any-return]
+    refused, unavailable, denied, or None when unproven), ``.verdict``, ``.observation``, ``.prediction``.
+    Each probe is a row of the ``--istio-report`` (a scenario named after the test)."""
+    from .scenario import display_path
+
+    run = session_run(request.config)
+    node = request.node
+
+    def probe(*args: Any, **kwargs: Any) -> Any:
+        result = istio_mesh.probe(*args, **kwargs)
+        run.record_fixture_probe(node.nodeid, node.nodeid.split("::", 1)[-1], display_path(node.path),
+                                 result.observation, result.verdict, result.prediction,
+                                 [p.ref for p in istio_mesh.scenario.policies])
+        return result
+
+    return probe
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A Python test's outcome judges the probes it made through ``istio_probe``."""
+    report = yield
+    run = item.config.stash.get(RUN_KEY, None)
+    if run is not None and (report.when == "call" or report.failed):
+        crash = getattr(report.longrepr, "reprcrash", None)
+        failure = (getattr(crash, "message", "") or report.longreprtext or "failed").strip().splitlines()[0]
+        run.fixture_test_finished(item.nodeid, failure if report.failed else "")
+    return report

@@ -2,7 +2,10 @@
 
 pytest items ask for their outcome; the first item of a scenario triggers the whole scenario's
 batch (deploy → apply → probe every selected row), so a scenario costs one policy switch
-however many rows it has. Outcomes are kept for the terminal truth table and the report files.
+however many rows it has. The report holds what pytest reported: every collected row appears, and
+a row pytest never ran (interrupted, ``-x``, a kept earlier scenario) is ``not run``, so the truth
+table's counts agree with pytest's. Probes made through the ``istio_probe`` fixture appear as rows
+of a pseudo-scenario named after their test.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from typing import Literal
 
 from . import backends, semantics
 from .backends import Backend, BackendError, BackendUnavailable, Progress
+from .diagnostics import plural
 from .model import Expectation, Result, Scenario
 from .observation import Observation, Probe
 from .options import Settings
-from .report.model import Report, Row, ScenarioReport
+from .report.model import Report, Row, RowStatus, ScenarioReport
 from .scenario import display_path
 from .semantics import Prediction
 from .verdict import Verdict, decide
 
-Status = Literal["correct", "wrong", "error"]
+Status = Literal["correct", "wrong", "error", "not run"]
+RowKey = tuple[str, str]  # (scenario file, pair id)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Outcome:
     verdict: Verdict | None = None
     error: str = ""  # the batch itself failed (backend error)
     diagnostics: dict[str, str] = field(default_factory=dict)
+    not_run: str = ""  # why the row was never probed or never reported by pytest
 
     @property
     def observed(self) -> Result | None:
@@ -41,6 +47,8 @@ class Outcome:
 
     @property
     def status(self) -> Status:
+        if self.not_run:
+            return "not run"
         if self.error or self.verdict is None or self.verdict.result is None:
             return "error"
         observed = self.verdict.result
@@ -57,7 +65,9 @@ class Outcome:
         lines = [f"{exp.pair} in scenario {self.scenario.name}"]
         expected = exp.result.value + (f" (HTTP {exp.status})" if exp.status is not None else "")
         lines.append(f"  expected: {expected}")
-        if self.error:
+        if self.not_run:
+            lines.append(f"  not run: {self.not_run}")
+        elif self.error:
             lines.append(f"  observed: ERROR: {self.error}")
         elif self.verdict is not None and self.verdict.result is None:
             lines.append(f"  observed: ERROR: {self.verdict.error}")
@@ -89,10 +99,64 @@ class Outcome:
             observed=self.observed.value if self.observed is not None else None,
             http_status=obs.status if obs is not None else None,
             predicted=self.prediction.result.value, reason=self.prediction.reason, status=status,
-            message="" if status == "correct" else self.message(),
+            message="" if status == "correct" else self.not_run or self.message(),
             because=list(self.verdict.because) if self.verdict is not None else [],
             evidence=obs.to_json() if obs is not None else None,
         )
+
+
+@dataclass
+class FixtureProbe:
+    """One ``istio_probe(...)`` call of a Python test, with the policies in force at the time."""
+
+    probe: Probe
+    observation: Observation
+    verdict: Verdict
+    prediction: Prediction
+    policies: tuple[str, ...]
+
+
+@dataclass
+class FixtureTest:
+    """A Python test's probes; its pytest outcome judges them (the test's assertions are the expectations)."""
+
+    name: str
+    file: str
+    probes: list[FixtureProbe] = field(default_factory=list)
+    failure: str | None = None  # None: not finished; "": passed; else the failure's first line
+
+    def rows(self) -> list[Row]:
+        return [self._row(p) for p in self.probes]
+
+    def _row(self, probe: FixtureProbe) -> Row:
+        observed = probe.verdict.result
+        http = probe.observation.status
+        status: RowStatus
+        if self.failure is None:
+            status, message = "not run", "the test did not finish (the run was interrupted)"
+        elif observed is None:
+            status, message = "error", f"observed: ERROR: {probe.verdict.error}"
+        elif self.failure:
+            status, message = "wrong", f"{self.name} failed: {self.failure}"
+        else:
+            status, message = "correct", ""
+        if message:
+            message = "\n".join([f"{probe.probe.pair} in test {self.name}", f"  {message}",
+                                 f"  oracle:   {probe.prediction.result.value}: {probe.prediction.reason}",
+                                 f"  client saw: {probe.observation.client_saw()}"])
+        if status == "not run":
+            observed = http = None
+        return Row(source=probe.probe.source.ref, target=probe.probe.target.ref, port=probe.probe.port.port,
+                   request="" if probe.probe.request.is_default else probe.probe.request.label,
+                   observed=observed.value if observed is not None else None, http_status=http,
+                   predicted=probe.prediction.result.value, reason=probe.prediction.reason, status=status,
+                   message=message, because=list(probe.verdict.because), evidence=probe.observation.to_json())
+
+    def report(self) -> ScenarioReport:
+        policies = list(dict.fromkeys(p for probe in self.probes for p in probe.policies))
+        return ScenarioReport(name=self.name, file=self.file, rows=self.rows(), policies=policies,
+                              description="probes of a Python test (istio_probe); its assertions are the "
+                                          "expectations")
 
 
 class Run:
@@ -105,16 +169,24 @@ class Run:
         self._factory = factory or backends.create
         self._backend: Backend | None = None
         self._starting: Backend | None = None
-        self._start_error: BackendError | None = None
-        self.outcomes: dict[tuple[str, str], Outcome] = {}
+        self._start_error: BackendUnavailable | None = None
+        self.outcomes: dict[RowKey, Outcome] = {}
         self.scenario_errors: dict[str, str] = {}
         self._done: set[str] = set()
         self._scenarios: dict[str, Scenario] = {}
+        self._planned: list[tuple[Scenario, Expectation]] = []
+        self._reported: set[RowKey] = set()
+        self.fixture_tests: dict[str, FixtureTest] = {}
+        self.kept: Scenario | None = None  # --istio-keep=on-failure: the first failing scenario, left deployed
+        self._not_deployed: list[str] = []  # scenarios skipped so that `kept` stays as it failed
+        self._last: Scenario | None = None  # the scenario deployed last
         self.started = time.monotonic()
         self.versions: dict[str, str] = {}
 
     @property
     def backend(self) -> Backend:
+        """The started backend. One that cannot start raises BackendUnavailable (every time): nothing can
+        run, so the session stops once with its message instead of failing every row the same way."""
         if self._start_error is not None:
             raise self._start_error
         if self._backend is None:
@@ -123,11 +195,15 @@ class Run:
             try:
                 backend.start()
             except BackendError as exc:
-                self._start_error = exc
-                raise
+                self._start_error = exc if isinstance(exc, BackendUnavailable) else BackendUnavailable(str(exc))
+                raise self._start_error from None
             self._backend = backend
             self.versions = backend.versions()
         return self._backend
+
+    def plan(self, rows: Sequence[tuple[Scenario, Expectation]]) -> None:
+        """The rows pytest will run, in order: the report shows each one, run or not."""
+        self._planned = list(rows)
 
     def outcome(self, scenario: Scenario, expectation: Expectation,
                 selected: Sequence[Expectation]) -> Outcome:
@@ -138,27 +214,35 @@ class Run:
             self._execute(scenario, selected)
         return self.outcomes[(key, expectation.pair)]
 
+    def reported(self, scenario: Scenario, expectation: Expectation) -> None:
+        """pytest runs this row's item: the report shows its outcome (rows never reported are ``not run``)."""
+        self._reported.add((str(scenario.path), expectation.pair))
+
     def _execute(self, scenario: Scenario, expectations: Sequence[Expectation]) -> None:
         key = str(scenario.path)
-        if self._backend is None and self._start_error is None:
-            try:
-                _ = self.backend  # an unusable backend stops the session before any row is recorded
-            except BackendUnavailable:
-                raise
-            except BackendError:
-                pass  # recorded below, as every row's error
+        kept = self.kept
+        backend = self.backend if kept is None else None  # cannot start: the session stops, no row recorded
         outcomes = [Outcome(scenario, e, semantics.predict(scenario, e.source, e.target, e.port, e.request))
                     for e in expectations]
         for outcome in outcomes:
             self.outcomes[(key, outcome.expectation.pair)] = outcome
+        if backend is None:
+            assert kept is not None
+            self._not_deployed.append(scenario.name)
+            reason = (f"--istio-keep=on-failure keeps the mesh of scenario '{kept.name}' "
+                      f"({display_path(kept.path)}), which failed first, so no later scenario is deployed; "
+                      f"run {display_path(scenario.path)} alone to test (and keep) this one")
+            for outcome in outcomes:
+                outcome.not_run = reason
+            return
         probes = [Probe(e.source, e.target, e.port, e.request) for e in expectations]
         try:
-            backend = self.backend
-            self.progress(f"scenario {scenario.name}: deploying {len(scenario.topology.workloads)} workloads")
+            self._last = scenario
+            self.progress(f"scenario {scenario.name}: deploying {plural(len(scenario.topology.workloads), 'workload')}")
             backend.deploy(scenario.topology, scenario.mesh)
-            self.progress(f"scenario {scenario.name}: applying {len(scenario.policies)} policies")
+            self.progress(f"scenario {scenario.name}: applying {plural(len(scenario.policies), 'policy')}")
             backend.apply(scenario)
-            self.progress(f"scenario {scenario.name}: probing {len(probes)} connections")
+            self.progress(f"scenario {scenario.name}: probing {plural(len(probes), 'connection')}")
             observations = backend.probe(probes)
             for outcome, observation in zip(outcomes, observations, strict=True):
                 outcome.observation = observation
@@ -175,20 +259,58 @@ class Run:
             for outcome in outcomes:
                 if outcome.verdict is None:
                     outcome.error = str(exc)
+        if self.settings.keep == "on-failure" and any(o.status != "correct" for o in outcomes):
+            self.kept = scenario
+
+    def record_fixture_probe(self, test: str, name: str, file: str, observation: Observation, verdict: Verdict,
+                             prediction: Prediction, policies: Sequence[str]) -> None:
+        """A probe made by a Python test through ``istio_probe``: a row of the test's pseudo-scenario."""
+        entry = self.fixture_tests.setdefault(test, FixtureTest(name, file))
+        entry.probes.append(FixtureProbe(observation.probe, observation, verdict, prediction, tuple(policies)))
+
+    def fixture_test_finished(self, test: str, failure: str) -> None:
+        """The test's outcome judges its probes: ``""`` passed, else the failure's first line."""
+        entry = self.fixture_tests.get(test)
+        if entry is not None and (failure or entry.failure is None):  # a teardown failure overrides a pass
+            entry.failure = failure
 
     def failed(self) -> bool:
-        return any(o.status != "correct" for o in self.outcomes.values()) or bool(self.scenario_errors)
+        return (any(o.status not in ("correct", "not run") for o in self.outcomes.values())
+                or bool(self.scenario_errors) or any(t.failure for t in self.fixture_tests.values()))
 
-    def report(self) -> Report:
+    def has_rows(self) -> bool:
+        """Did anything run that a report should show?"""
+        return bool(self.outcomes or self.fixture_tests)
+
+    def report(self, *, interrupted: bool = False) -> Report:
+        """Every planned row (``not run`` when pytest never reported it), then the fixture tests' rows."""
         report = Report(backend=self.settings.backend, versions=dict(self.versions),
-                        duration_s=time.monotonic() - self.started)
-        for key, scenario in self._scenarios.items():
-            rows = [o.row() for (k, _), o in self.outcomes.items() if k == key]
+                        duration_s=time.monotonic() - self.started, interrupted=interrupted)
+        never = ("the run was interrupted before this row ran" if interrupted
+                 else "pytest stopped before this row ran")
+        rows: dict[str, tuple[Scenario, list[Expectation]]] = {}
+        for scenario, expectation in self._planned:
+            rows.setdefault(str(scenario.path), (scenario, []))[1].append(expectation)
+        for (key, pair), outcome in self.outcomes.items():  # reported rows outside the plan (an xdist worker's)
+            if (key, pair) in self._reported:
+                planned = rows.setdefault(key, (outcome.scenario, []))[1]
+                if outcome.expectation not in planned:
+                    planned.append(outcome.expectation)
+        for key, (scenario, expectations) in rows.items():
+            scenario_rows = []
+            for exp in expectations:
+                found = self.outcomes.get((key, exp.pair))
+                if found is None or ((key, exp.pair) not in self._reported and not found.not_run):
+                    prediction = found.prediction if found is not None else semantics.predict(
+                        scenario, exp.source, exp.target, exp.port, exp.request)
+                    found = Outcome(scenario, exp, prediction, not_run=never)
+                scenario_rows.append(found.row())
             report.scenarios.append(ScenarioReport(
-                name=scenario.name, file=display_path(scenario.path), description=scenario.description, rows=rows,
-                policies=[p.ref for p in scenario.policies], warnings=[str(w) for w in scenario.warnings],
-                error=self.scenario_errors.get(key, ""),
+                name=scenario.name, file=display_path(scenario.path), description=scenario.description,
+                rows=scenario_rows, policies=[p.ref for p in scenario.policies],
+                warnings=[str(w) for w in scenario.warnings], error=self.scenario_errors.get(key, ""),
             ))
+        report.scenarios.extend(test.report() for test in self.fixture_tests.values())
         return report
 
     def finish(self, *, interrupted: bool = False) -> str:
@@ -199,4 +321,20 @@ class Run:
         keep = self._backend is not None and (self.settings.keep == "always" or (
             self.settings.keep == "on-failure" and (self.failed() or interrupted)))
         self._backend = self._starting = None
-        return backend.stop(keep=keep)
+        instructions = backend.stop(keep=keep)
+        if not keep:
+            return instructions
+        return "\n".join(line for line in (self._kept_line(interrupted), instructions) if line)
+
+    def _kept_line(self, interrupted: bool) -> str:
+        """Which scenario's mesh is kept, and how to keep another."""
+        if self.kept is not None:
+            line = f"kept: scenario '{self.kept.name}' ({display_path(self.kept.path)}), the first that failed"
+            if self._not_deployed:
+                line += (f"; {plural(len(self._not_deployed), 'later scenario')} not deployed so that its mesh "
+                         "stays as it failed (to keep another, run its file alone with --istio-keep=on-failure)")
+            return line
+        if self._last is None:
+            return "kept: the mesh of the Python fixtures (istio_mesh)"
+        when = "when the run was interrupted" if interrupted else "the last one deployed"
+        return f"kept: scenario '{self._last.name}' ({display_path(self._last.path)}), {when}"

@@ -41,11 +41,16 @@ class ExistingBackend(KubeBackend):
         return config + (f" (context {self.settings.context})" if self.settings.context else "")
 
     def start(self) -> None:
-        self.kube = Kube(self.settings.kubeconfig, self.settings.context, request_timeout=15.0)
+        fix = ("fix: point --istio-kubeconfig (or KUBECONFIG) and --istio-context at a cluster that runs Istio, "
+               "or use --istio-backend=kind (creates one) or --istio-backend=local (no cluster)")
+        try:
+            self.kube = Kube(self.settings.kubeconfig, self.settings.context, request_timeout=15.0)
+        except BackendError as exc:
+            raise BackendUnavailable(f"{exc}; {fix}") from None
         try:
             self.kube.server_version()
         except BackendError as exc:
-            raise BackendUnavailable(f"cannot reach the cluster of {self.where}: {exc}") from None
+            raise BackendUnavailable(f"cannot reach the cluster of {self.where}: {exc}; {fix}") from None
         self.install = istio.choose(istio.detect(self.kube, self.settings.istio_revision),
                                     self.settings.istio_revision, f"the cluster of {self.where} (the existing "
                                     "backend never installs Istio; use --istio-backend=kind for that)")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from .._version import __version__
 
 SCHEMA_VERSION = 1
-RowStatus = Literal["correct", "wrong", "error", "predicted"]
+RowStatus = Literal["correct", "wrong", "error", "predicted", "not run"]
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ScenarioReport:
     error: str = ""  # the scenario could not run at all (e.g. its policies never took effect)
 
     def counts(self) -> dict[str, int]:
-        counts = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0}
+        counts = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0, "not run": 0}
         for row in self.rows:
             counts[row.status] += 1
         return counts
@@ -93,9 +93,10 @@ class Report:
     versions: dict[str, str] = field(default_factory=dict)  # istio, kubernetes, envoy, kind, nodeImage...
     started: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     duration_s: float = 0.0
+    interrupted: bool = False  # Ctrl-C or SIGTERM: rows that had not run yet are "not run"
 
     def counts(self) -> dict[str, int]:
-        total = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0}
+        total = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0, "not run": 0}
         for scenario in self.scenarios:
             for key, value in scenario.counts().items():
                 total[key] += value
@@ -109,6 +110,7 @@ class Report:
             "versions": self.versions,
             "started": self.started,
             "durationSeconds": round(self.duration_s, 3),
+            "interrupted": self.interrupted,
             "counts": self.counts(),
             "scenarios": [scenario.to_json() for scenario in self.scenarios],
         }
@@ -133,7 +135,8 @@ def row_from_json(data: dict[str, Any]) -> Row:
 def report_from_json(data: dict[str, Any]) -> Report:
     """The inverse of ``Report.to_json`` (how pytest-xdist workers hand their reports to the controller)."""
     report = Report(backend=data["backend"], versions=dict(data.get("versions") or {}),
-                    started=data.get("started") or "", duration_s=float(data.get("durationSeconds") or 0.0))
+                    started=data.get("started") or "", duration_s=float(data.get("durationSeconds") or 0.0),
+                    interrupted=bool(data.get("interrupted")))
     for scenario in data.get("scenarios") or []:
         report.scenarios.append(ScenarioReport(
             name=scenario["name"], file=scenario["file"], description=scenario.get("description") or "",
@@ -153,6 +156,7 @@ def merge(reports: list[Report]) -> Report:
         return merged
     merged.started = min(r.started for r in reports)
     merged.duration_s = max(r.duration_s for r in reports)
+    merged.interrupted = any(r.interrupted for r in reports)
     by_key: dict[tuple[str, str], ScenarioReport] = {}
     for report in reports:
         for key, value in report.versions.items():

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..diagnostics import plural
-from ..model import Result
+from ..model import Result, row_id
 from .model import Report, Row, ScenarioReport
 
 # The order results are counted in for prediction reports (the oracle never predicts allowed/blocked).
@@ -58,7 +58,9 @@ def disagrees(row: Row) -> bool:
 
 def expected_text(row: Row) -> str:
     """The expectation, with its HTTP status when the scenario pins one (else a status-only mismatch
-    would read ``mtls (exp mtls)``)."""
+    would read ``mtls (exp mtls)``). A Python test's probe has none: the test's assertions judge it."""
+    if row.expected is None:
+        return "what the test asserts"
     status = f" HTTP {row.expected_http_status}" if row.expected_http_status is not None else ""
     return f"{row.expected}{status}"
 
@@ -69,9 +71,9 @@ def observed_text(row: Row) -> str:
 
 
 def pair_text(row: Row) -> str:
-    """``from->to:port[METHOD /path]``: the same id as the pytest item."""
-    request = f"[{row.request}]" if row.request else ""
-    return f"{row.source}->{row.target}:{row.port}{request}"
+    """``from->to:port`` (``...:port:METHOD:/path`` for a non-default request): the pytest item's name."""
+    method, _, path = row.request.partition(" ")
+    return row_id(row.source, row.target, row.port, method, path)
 
 
 def error_summary(message: str) -> str:
@@ -105,7 +107,9 @@ def duration_text(seconds: float) -> str:
 
 
 def run_counts(counts: dict[str, int]) -> str:
-    return f"{counts['correct']} correct, {counts['wrong']} wrong, {plural(counts['error'], 'error')}"
+    """pytest's passed, failed and errors for scenario rows (and ``, N not run``: skipped or never reached)."""
+    text = f"{counts['correct']} correct, {counts['wrong']} wrong, {plural(counts['error'], 'error')}"
+    return text + (f", {counts['not run']} not run" if counts.get("not run") else "")
 
 
 def cell_text(row: Row, marks: Mapping[str, str] = MARKS, *, terse: bool = False) -> str:
@@ -120,7 +124,10 @@ def cell_text(row: Row, marks: Mapping[str, str] = MARKS, *, terse: bool = False
     if row.status == "correct":
         return f"{prefix}{marks['correct']} {observed_text(row)}"
     if row.status == "wrong":
-        return f"{prefix}{marks['wrong']} {observed_text(row)} (exp {expected_text(row)})"
+        expected = "test failed" if row.expected is None else f"exp {expected_text(row)}"
+        return f"{prefix}{marks['wrong']} {observed_text(row)} ({expected})"
+    if row.status == "not run":
+        return f"{prefix}not run"
     return f"{prefix}{marks['error']} error (exp {expected_text(row)})"
 
 
@@ -176,4 +183,7 @@ def render(report: Report) -> str:
     blocks.extend(_scenario(scenario, predict) for scenario in report.scenarios)
     if not predict and len(report.scenarios) > 1:
         blocks.append([f"total: {run_counts(report.counts())}"])
+    if report.interrupted:
+        counts = report.counts()
+        blocks.append([f"run interrupted: {counts['not run']} of {plural(sum(counts.values()), 'row')} not run"])
     return "\n\n".join("\n".join(block) for block in blocks)

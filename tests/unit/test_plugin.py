@@ -31,7 +31,7 @@ def test_collect_only_lists_one_item_per_row(scenarios: pytest.Pytester) -> None
     result.stdout.fnmatch_lines([
         "scenarios/strict.yaml::ns-strict::frontend.app->backend.app:8080",
         "scenarios/strict.yaml::ns-strict::plaintext.legacy->backend.app:8080",
-        "scenarios/strict.yaml::ns-strict::frontend.app->backend.app:8080[[]POST /post[]]",
+        "scenarios/strict.yaml::ns-strict::frontend.app->backend.app:8080:POST:/post",
     ], consecutive=True)
     result.stdout.fnmatch_lines(["3 tests collected*"])
     assert result.ret == 0
@@ -51,9 +51,13 @@ def test_keyword_selection(scenarios: pytest.Pytester) -> None:
 
 def test_builtin_library_is_reachable(pytester: pytest.Pytester) -> None:
     """`--istio-scenarios builtin` collects the library shipped inside the package."""
+    from pytest_istio_mtls.options import builtin_scenarios
+    from pytest_istio_mtls.scenario import load_scenario
+
+    rows = sum(len(load_scenario(path).expectations) for path in builtin_scenarios().glob("*.yaml"))
     result = pytester.runpytest("--istio-scenarios", "builtin", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["*01-no-policy.yaml::no-policy::frontend.app->backend.app:8080",
-                                 "62 tests collected*"])
+                                 f"{rows} tests collected*"])
 
 
 def test_env_twin_and_ini_turn_collection_on(scenarios: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,10 +140,50 @@ def test_report_header_names_the_backend(scenarios: pytest.Pytester) -> None:
 
 def test_unusable_backend_stops_the_session_with_one_message(scenarios: pytest.Pytester,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A backend that cannot run here (no Envoy, no root, no Docker) ends the run once, without a traceback."""
+    """A backend that cannot run here (no Envoy, no root, no Docker) ends the run once, without a traceback
+    and without pytest's `_pytest.outcomes.Exit` banner: our message only, then pytest's summary."""
     monkeypatch.setenv("ISTIO_MTLS_ENVOY", "/nonexistent/envoy")
     result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local")
-    result.stdout.fnmatch_lines(["*istio-mtls: the local backend cannot run here: *"])
-    assert "Traceback" not in result.stdout.str()
-    assert "truth table" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["collected 3 items", "",
+                                 "! istio-mtls: the local backend cannot run here: * !",
+                                 "*= no tests ran in *"], consecutive=True)
+    text = result.stdout.str()
+    assert "Traceback" not in text and "Exit" not in text and "truth table" not in text
+    assert text.count("cannot run here") == 1
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_existing_backend_without_kubeconfig_stops_once_with_the_fix(scenarios: pytest.Pytester,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No kubeconfig: one message naming the fix, not one error per row."""
+    monkeypatch.setenv("HOME", str(scenarios.path))  # no ~/.kube/config there
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=existing", "-q")
+    result.stdout.fnmatch_lines([
+        "! istio-mtls: the existing backend cannot run here: cannot use the default kubeconfig: Invalid kube-config "
+        "file. No configuration found.; fix: point --istio-kubeconfig (or KUBECONFIG) and --istio-context at a "
+        "cluster that runs Istio, or use --istio-backend=kind (creates one) or --istio-backend=local (no cluster) !",
+        "no tests ran in *"], consecutive=True)
+    assert result.stdout.str().count("cannot run here") == 1
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_fixture_tests_stop_once_when_the_backend_cannot_run(pytester: pytest.Pytester,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python tests using the fixtures: the first one is skipped with the message and the session stops,
+    instead of one error per test."""
+    monkeypatch.setenv("ISTIO_MTLS_ENVOY", "/nonexistent/envoy")
+    pytester.makepyfile("""
+        def test_one(istio_probe):
+            pass
+
+        def test_two(istio_probe):
+            pass
+    """)
+    result = pytester.runpytest("--istio-backend=local", "-rs")
+    result.stdout.fnmatch_lines(["*= short test summary info =*",
+                                 "SKIPPED [[]1[]] test_fixture_tests_stop_once_when_the_backend_cannot_run.py:1: "
+                                 "istio-mtls: the local backend cannot run here: *",
+                                 "! istio-mtls: the local backend cannot run here: * !",
+                                 "*= 1 skipped in *"], consecutive=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

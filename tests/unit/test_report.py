@@ -125,7 +125,7 @@ def test_terminal_joins_requests_and_clips_long_lines() -> None:
     ]
     lines = render(Report("local", [ScenarioReport("s", "s.yaml", rows=rows)])).splitlines()
     assert lines[2] == "a.ns  ✓ mtls / POST /post: ! error (exp mtls)"
-    assert lines[-1].startswith("  ! a.ns->b.ns:80[POST /post] expected mtls: xxx")
+    assert lines[-1].startswith("  ! a.ns->b.ns:80:POST:/post expected mtls: xxx")
     assert len(lines[-1]) == 160
     assert lines[-1].endswith("x…")
 
@@ -320,7 +320,7 @@ def test_worker_reports_merge_into_one() -> None:
     merged = merge([one, two])
     assert [s.name for s in merged.scenarios] == ["broken", "strict"]
     assert merged.scenarios[1].rows == strict.rows
-    assert merged.counts() == whole.counts() == {"correct": 1, "wrong": 1, "error": 2, "predicted": 0}
+    assert merged.counts() == whole.counts() == {"correct": 1, "wrong": 1, "error": 2, "predicted": 0, "not run": 0}
     assert (merged.started, merged.duration_s, merged.versions) == ("2025-06-01T12:00:00+00:00", 42.0,
                                                                    {"envoy": "1.40.0"})
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ...diagnostics import plural
 from .system import NETNS_DIR, cmdline, pid_alive
 
 STATE_ROOT = Path(os.environ.get("ISTIO_MTLS_LOCAL_STATE", "/run/pytest-istio-mtls"))
@@ -166,8 +167,9 @@ def sweep(*, include_kept: bool = False, only: str | None = None) -> list[str]:
             if not state.kept and _owner_alive(state):
                 continue
             problems = teardown(state)
-            removed.append(f"run {state.run_id}: removed {len(state.netns)} network namespaces, "
-                           f"{len(state.pids)} processes" + (f" (problems: {'; '.join(problems)})" if problems else ""))
+            removed.append(f"run {state.run_id}: removed {plural(len(state.netns), 'network namespace')}, "
+                           f"{plural(len(state.pids), 'process')}"
+                           + (f" (problems: {'; '.join(problems)})" if problems else ""))
     # Namespaces of runs whose state directory vanished (e.g. /run wiped but netns bind mounts left).
     if os.path.isdir(NETNS_DIR):
         for name in sorted(os.listdir(NETNS_DIR)):

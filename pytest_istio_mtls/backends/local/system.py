@@ -39,16 +39,20 @@ def run(args: Sequence[str], *, stdin: str | None = None, check: bool = True, ti
 
 
 def require_privileges() -> None:
-    """Network namespaces, veths and iptables need root (CAP_SYS_ADMIN + CAP_NET_ADMIN)."""
-    if os.geteuid() == 0:
-        return
+    """Network namespaces, veths and iptables need CAP_SYS_ADMIN + CAP_NET_ADMIN. Root has them, except in
+    an unprivileged container: checked here, or `ip netns add` would fail on every pod instead."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             caps = next((int(line.split()[1], 16) for line in status if line.startswith("CapEff:")), 0)
     except OSError:
-        caps = 0
-    cap_net_admin, cap_sys_admin = 1 << 12, 1 << 21
-    if not (caps & cap_net_admin and caps & cap_sys_admin):
+        caps = -1 if os.geteuid() == 0 else 0  # cannot tell: trust root
+    missing = [name for name, bit in (("CAP_NET_ADMIN", 12), ("CAP_SYS_ADMIN", 21)) if not caps & 1 << bit]
+    if missing and os.geteuid() == 0:
+        raise BackendUnavailable(
+            f"the local backend needs {' and '.join(missing)} to create network namespaces, which this root "
+            "process lacks (an unprivileged container?); fix: start the container with --privileged (or "
+            "--cap-add NET_ADMIN --cap-add SYS_ADMIN), or use --istio-backend=kind")
+    if missing:
         raise BackendUnavailable(
             "the local backend needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces; "
             "run pytest with sudo, or use --istio-backend=kind")
