@@ -25,7 +25,7 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from ... import semantics
+from ... import authz, semantics
 from ...model import Policy, Scenario, Workload
 from ..base import BackendError
 from .client import KubeApi
@@ -223,8 +223,12 @@ def expectations(scenario: Scenario, naming: Naming, removed: Sequence[Policy] =
             decision = semantics.server_decision(scenario, server, target_port)
             if decision.mode is not None:
                 found.append(_inbound(server, target_port, decision.mode, decision.decided_by))
-            present = [rbac_name(p) for p in binding if p.spec.get("rules")]
-            rule_less = any(not p.spec.get("rules") for p in binding)
+            # The rules istiod generates depend on the chain: on TCP an ALLOW rule with an HTTP-only field is dropped.
+            tcp = all(p.protocol == "tcp" for p in server.ports if p.target_port == target_port)
+            generated = {p: bool(authz.compile_rules(p, str(p.spec.get("action") or "ALLOW"), tcp).rules)
+                         for p in binding}
+            present = [rbac_name(p) for p in binding if generated[p]]
+            rule_less = not all(generated.values())
             absent = [rbac_name(p) for p in gone]
             if present or absent or rule_less:
                 found.append(_rbac(server, target_port, present, absent, rule_less))
