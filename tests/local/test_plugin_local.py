@@ -116,7 +116,7 @@ def snapshot() -> set[str]:
             continue
         if b"imtls-" in command or b"/run/pytest-istio-mtls/" in command:  # control plane and Envoys too
             text = command.replace(b"\0", b" ").decode(errors="replace")
-            processes.add(f"process:{pid}:{text[:200]}")
+            processes.add(f"process:{pid}:{text}")  # whole: the run id may come late
     return netns | etc | state | processes
 
 
