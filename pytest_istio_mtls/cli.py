@@ -96,8 +96,19 @@ def prediction_report(scenarios: Sequence[Scenario]) -> Report:
 def cmd_validate(args: argparse.Namespace) -> int:
     scenarios, failed = _load_all(args.files)
     for scenario in scenarios:
-        print(f"{display_path(scenario.path)}: ok ({scenario.name}: "
-              f"{plural(len(scenario.expectations), 'expectation')}, {plural(len(scenario.policies), 'policy')})")
+        counts = f"{plural(len(scenario.expectations), 'expectation')}, {plural(len(scenario.policies), 'policy')}"
+        cannot = None
+        if args.backend is not None:
+            from .backends.support import unsupported
+
+            cannot = unsupported(scenario, args.backend, args.control_plane)
+        if cannot is None:
+            print(f"{display_path(scenario.path)}: ok ({scenario.name}: {counts})")
+        else:  # valid, but this backend would stop it before deploying anything
+            failed = True
+            where = f"--istio-backend={args.backend}" + (
+                f" --istio-control-plane={args.control_plane}" if args.backend == "local" else "")
+            print(f"{display_path(scenario.path)}: valid, but cannot run with {where}: {cannot}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -240,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
              "library shipped with the plugin")
     p = sub.add_parser("validate", help="check scenario files; exit 1 with file:line:column errors")
     p.add_argument("files", nargs="+", metavar="PATH", help=paths)
+    p.add_argument("--backend", choices=("local", "kind", "existing"),
+                   help="also check that this backend can run each scenario (offline: nothing is started)")
+    p.add_argument("--control-plane", choices=("istiod", "emulated"), default="istiod",
+                   help="with --backend=local: the control plane it would use (default istiod)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("predict", help="the truth table Istio's rules predict for every client × server port")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import backends, semantics
-from .backends import Backend, BackendError, BackendUnavailable, Progress
+from .backends import Backend, BackendError, BackendUnavailable, Progress, support
 from .diagnostics import plural
 from .model import Expectation, Result, Scenario
 from .observation import Observation, Probe
@@ -220,12 +220,21 @@ class Run:
 
     def _execute(self, scenario: Scenario, expectations: Sequence[Expectation]) -> None:
         key = str(scenario.path)
+        # Decided offline, before starting or deploying anything: one error, the other rows not run.
+        cannot = support.unsupported(scenario, self.settings.backend, self.settings.control_plane)
         kept = self.kept
-        backend = self.backend if kept is None else None  # cannot start: the session stops, no row recorded
+        # A backend that cannot start stops the session here, before any row is recorded.
+        backend = self.backend if kept is None and cannot is None else None
         outcomes = [Outcome(scenario, e, semantics.predict(scenario, e.source, e.target, e.port, e.request))
                     for e in expectations]
         for outcome in outcomes:
             self.outcomes[(key, outcome.expectation.pair)] = outcome
+        if cannot is not None:
+            self.scenario_errors[key] = cannot
+            outcomes[0].error = f"the {self.settings.backend} backend cannot run scenario '{scenario.name}': {cannot}"
+            for outcome in outcomes[1:]:
+                outcome.not_run = f"scenario '{scenario.name}' cannot run on this backend (see its first row)"
+            return
         if backend is None:
             assert kept is not None
             self._not_deployed.append(scenario.name)

@@ -288,3 +288,18 @@ def test_console_script_never_shows_a_traceback(write_scenario: Callable[..., Pa
     assert done.returncode == 1
     assert "invalid YAML" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_validate_backend_says_offline_what_that_backend_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """validate --backend local --control-plane emulated names each authz scenario and the fix; istiod runs all."""
+    code, out, err = run(capsys, "validate", "builtin", "--backend", "local", "--control-plane", "emulated")
+    refused = [line for line in err.splitlines() if "valid, but cannot run" in line]
+    assert code == 1
+    assert len(refused) == 8 and all("-authz-" in line for line in refused)
+    assert refused[0] == (
+        "pytest_istio_mtls/scenarios/14-authz-allow-only-frontend.yaml: valid, but cannot run with "
+        "--istio-backend=local --istio-control-plane=emulated: AuthorizationPolicy app/backend-allow-frontend is "
+        "not emulated by the local backend's emulated control plane; fix: run it with real istiod "
+        "(--istio-control-plane=istiod)")
+    assert out.count(": ok (") == 13
+    assert run(capsys, "validate", "builtin", "--backend", "local")[0] == 0

@@ -187,3 +187,37 @@ def test_fixture_tests_stop_once_when_the_backend_cannot_run(pytester: pytest.Py
                                  "! istio-mtls: the local backend cannot run here: * !",
                                  "*= 1 skipped in *"], consecutive=True)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+AMBIENT = """
+name: ambient-server
+topology:
+  namespaces:
+    mesh: {sidecars: true}
+    amb: {sidecars: false, ambient: true}
+  workloads:
+    - {name: client, namespace: mesh}
+    - {name: server, namespace: amb, ports: [{name: http, port: 8080}]}
+    - {name: other, namespace: amb, ports: [{name: http, port: 8080}]}
+expect:
+  - {from: client.mesh, to: server.amb, result: mtls}
+  - {from: client.mesh, to: other.amb, result: mtls}
+"""
+
+
+def test_a_scenario_the_backend_cannot_run_stops_once_before_anything_starts(pytester: pytest.Pytester) -> None:
+    """Ambient on the local backend: one ERROR with the fix, the other rows skipped, no traceback, no mesh."""
+    pytester.mkdir("scenarios")
+    (pytester.path / "scenarios" / "ambient.yaml").write_text(AMBIENT)
+    result = pytester.runpytest("--istio-scenarios", "--istio-backend=local", "-rs")
+    result.assert_outcomes(errors=1, skipped=1)
+    result.stdout.fnmatch_lines([
+        "  observed: ERROR: the local backend cannot run scenario 'ambient-server': 2 workloads in ambient mode (server.amb, "
+        "other.amb): no backend of pytest-istio-mtls runs ambient (ztunnel) yet; fix: give the namespace "
+        "`sidecars: true` instead of `ambient: true`, or leave this scenario out of the run",
+    ])
+    result.stdout.fnmatch_lines(["SKIPPED [[]1[]] scenarios/ambient.yaml: scenario 'ambient-server' cannot run on "
+                                 "this backend (see its first row)"])
+    output = result.stdout.str()
+    assert "Traceback" not in output and "UnsupportedPolicy" not in output
+    assert "[istio-mtls]" not in output  # nothing was started or deployed
