@@ -219,7 +219,8 @@ def _strings(raw: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in raw) if isinstance(raw, list) else ()
 
 
-def _when_attribute(key: str) -> str | None:
+def when_attribute(key: str) -> str | None:
+    """The attribute a ``when`` key names, or None for a key Istio does not know (the rule is skipped)."""
     if key in WHEN_KEYS or any(key.startswith(p) for p in WHEN_PREFIXES):
         return key
     return None
@@ -276,7 +277,7 @@ def compile_rules(policy: Policy, action: str, tcp: bool) -> Compiled:
         unknown_key = ""
         for cond in raw.get("when") or []:
             key = str(cond.get("key", "")) if isinstance(cond, Mapping) else ""
-            attribute = _when_attribute(key)
+            attribute = when_attribute(key)
             if attribute is None:
                 unknown_key = key
                 break
