@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .render import add_render_command
 
     add_render_command(sub)
+    from .diff import add_diff_command
+
+    add_diff_command(sub)
     return parser
 
 
