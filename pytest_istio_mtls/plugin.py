@@ -20,7 +20,7 @@ import pytest
 from . import options
 from .backends.base import BackendUnavailable
 from .diagnostics import ScenarioError
-from .model import Expectation, Scenario, Topology, default_topology
+from .model import Expectation, Result, Scenario, Topology, default_topology
 
 if TYPE_CHECKING:
     from .run import Outcome, Run
@@ -34,6 +34,7 @@ KEEP_MESSAGE_KEY = pytest.StashKey[str]()
 PLANNED_KEY = pytest.StashKey[Sequence[tuple[Scenario, Expectation]]]()  # the collected rows, in run order
 STOPPED_KEY = pytest.StashKey[str]()  # why the session stopped early (the backend cannot run here)
 ROOTS_KEY = pytest.StashKey[list[Path]]()  # where scenario files are collected from
+COARSE = (Result.ALLOWED, Result.BLOCKED)  # the expectation keywords a concrete result also carries
 
 
 class IstioScenarioWarning(UserWarning):
@@ -158,6 +159,11 @@ class ScenarioNode(pytest.Collector):
             item.scenario = self.scenario
             item.expectation = expectation
             item.add_marker("istio_scenario")
+            # `-k refused`, `-k blocked`, `-k DestinationRule`: the expected result (and allowed/blocked, which
+            # a concrete one falls under) and the kinds of the policies in force select rows by meaning.
+            result = expectation.result
+            item.extra_keyword_matches.update({result.value, *(r.value for r in COARSE if r.covers(result)),
+                                               *(p.kind for p in self.scenario.policies)})
             yield item
 
 
