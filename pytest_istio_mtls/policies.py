@@ -8,12 +8,15 @@ a TLS mode), and warns about the famous traps where Istio accepts a policy that 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from . import authz
 from .diagnostics import did_you_mean
-from .model import MeshSettings, Policy, Topology, Workload
-from .semantics import DR_TLS_MODES, PA_MODES, host_matches, resolve_host
+from .model import MeshSettings, Policy, Request, Scenario, Topology, Workload
+from .semantics import DR_TLS_MODES, PA_MODES, host_matches, resolve_host, server_decision
 from .validation import DNS_SUBDOMAIN, Checker
 
 # Kinds and served versions per API group (the groups a scenario may use).
@@ -46,6 +49,8 @@ DR_TLS_KEYS = ("mode", "clientCertificate", "privateKey", "caCertificates", "cre
 DR_PORT_KEYS = ("port", "loadBalancer", "connectionPool", "outlierDetection", "tls")
 AP_SPEC_KEYS = ("selector", "targetRef", "targetRefs", "action", "provider", "rules")
 AP_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+# Istio attributes read from the peer certificate: a plaintext request has none of them (authz A5).
+IDENTITY_ATTRIBUTES = ("source.principal", "source.namespace", "source.serviceAccount", "source.trustDomain")
 
 
 def not_istio(resource: Mapping[str, Any]) -> bool:
@@ -278,12 +283,17 @@ class PolicyValidator:
         """Warnings that need every policy and the topology: things Istio accepts but ignores."""
         root = self.mesh.root_namespace
         seen_scope: dict[str, Policy] = {}
+        # The oracle answers the AuthorizationPolicy questions (what binds, what accepts plaintext) on this.
+        scenario = Scenario(name="", path=Path(), mesh=self.mesh, topology=self.topology,
+                            policies=tuple(self.policies))
         for policy in self.policies:
             checker, path = self._checkers[id(policy)]
             if policy.kind == "PeerAuthentication":
                 self._pa_traps(checker, path, policy, root, seen_scope)
             elif policy.kind == "DestinationRule":
                 self._dr_traps(checker, path, policy)
+            elif policy.kind == "AuthorizationPolicy":
+                _AuthzTraps(scenario, checker, (*path, "spec"), policy).warn()
 
     def _selected(self, policy: Policy) -> list[Workload]:
         return [w for w in self.topology.workloads if policy.selects(w)]
@@ -373,3 +383,267 @@ class PolicyValidator:
                              f"subset TLS in {policy.ref} applies only to traffic a VirtualService routes to the "
                              "subset; probes to the Service use the top-level settings", key=True)
 
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One list of values in an AuthorizationPolicy rule, where it is and what Istio reads it as."""
+
+    path: tuple[str | int, ...]  # from the rule: ("to", 0, "operation", "methods") or ("when", 1, "values")
+    name: str  # as written: "methods", "notPrincipals", "when request.headers[x-token]"
+    attribute: str  # authz's attribute: "method", "source.principal", "request.headers[x-token]"
+    values: tuple[str, ...]
+    positive: bool  # the values must match (not notValues / a not-field)
+
+
+def _rules(spec: Mapping[str, Any]) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    rules = spec.get("rules")
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        if isinstance(rule, Mapping):
+            yield index, rule
+
+
+def _fields(rule: Mapping[str, Any]) -> Iterator[_Field]:
+    """Every source, operation and known ``when`` field of one rule, with authz's attribute for it."""
+    for side, block, table in (("from", "source", authz.SOURCE_FIELDS), ("to", "operation", authz.OPERATION_FIELDS)):
+        entries = rule.get(side)
+        for number, entry in enumerate(entries if isinstance(entries, list) else []):
+            inner = entry.get(block) if isinstance(entry, Mapping) else None
+            if not isinstance(inner, Mapping):
+                continue
+            for positive, negative, attribute in table:
+                for name in (positive, negative):
+                    values = inner.get(name)
+                    if isinstance(values, list) and values:
+                        yield _Field((side, number, block, name), name, attribute, tuple(map(str, values)),
+                                     name == positive)
+    conditions = rule.get("when")
+    for number, condition in enumerate(conditions if isinstance(conditions, list) else []):
+        key = str(condition.get("key", "")) if isinstance(condition, Mapping) else ""
+        known = authz.when_attribute(key)
+        if known is None:
+            continue
+        for name in ("values", "notValues"):
+            values = condition.get(name)
+            if isinstance(values, list) and values:
+                yield _Field(("when", number, name), f"when {key}", known, tuple(map(str, values)), name == "values")
+
+
+def _listing(names: list[str], limit: int = 3) -> str:
+    """``a, b and c``; past ``limit`` names, ``a, b, c and 4 more`` (a mesh-wide policy binds every workload)."""
+    if len(names) > limit:
+        return f"{', '.join(names[:limit])} and {len(names) - limit} more"
+    return " and ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else ""
+
+
+def _refs(workloads: list[Workload]) -> str:
+    return _listing([w.ref for w in workloads])
+
+
+def _verb(workloads: list[Workload], singular: str, plural_form: str) -> str:
+    return singular if len(workloads) == 1 else plural_form
+
+
+class _AuthzTraps:
+    """Warnings for an AuthorizationPolicy that Istio accepts but that probably does not do what its
+    author meant. Which workloads it binds, what their ports accept and what Istio generates for
+    them come from the oracle (authz, semantics): Istio's rules live there, not here."""
+
+    def __init__(self, scenario: Scenario, checker: Checker, spec_path: tuple[str | int, ...], policy: Policy) -> None:
+        self.scenario = scenario
+        self.checker = checker
+        self.spec_path = spec_path
+        self.policy = policy
+        self.spec = policy.spec
+        self.action = str(self.spec.get("action") or "ALLOW")
+        workloads = scenario.topology.workloads
+        self.bound = [w for w in workloads if any(b.policy is policy for b in authz.binding(scenario, w)[0])]
+        # The sidecars that enforce it: servers only, since authorization happens on the inbound side.
+        self.servers = [w for w in self.bound if w.sidecar and w.is_server]
+
+    def warn(self) -> None:
+        if self._target_refs():
+            return
+        self._custom_without_provider()
+        self._binds_nothing()
+        self._unknown_when_keys()
+        if self.action in ("ALLOW", "DENY"):
+            self._http_fields_on_tcp()
+            self._identity_without_mtls()
+        self._service_ports()
+        self._hosts_without_port()
+
+    def _at(self, index: int, *path: str | int) -> tuple[str | int, ...]:
+        return (*self.spec_path, "rules", index, *path)
+
+    def _target_refs(self) -> bool:
+        """targetRef(s) attach a policy to gateways and waypoints; a sidecar ignores the policy (A1)."""
+        key = next((k for k in ("targetRefs", "targetRef") if self.spec.get(k)), "")
+        if not key:
+            return False
+        root = self.scenario.mesh.root_namespace
+        sidecars = [w for w in self.scenario.topology.workloads
+                    if w.sidecar and self.policy.namespace in (root, w.namespace)]
+        if sidecars:
+            labels = ", ".join(f"{k}: {v}" for k, v in sidecars[0].labels.items())
+            self.checker.warn((*self.spec_path, key),
+                              f"{self.policy.ref} uses {key}, which attaches a policy to gateways and waypoints: "
+                              f"the {_verb(sidecars, 'sidecar', 'sidecars')} of {_refs(sidecars)} "
+                              f"{_verb(sidecars, 'ignores', 'ignore')} it",
+                              f"to bind sidecars, use a selector instead, e.g. selector: {{matchLabels: {{{labels}}}}}",
+                              key=True)
+        return True
+
+    def _custom_without_provider(self) -> None:
+        provider = self.spec.get("provider")
+        if self.action != "CUSTOM" or (isinstance(provider, Mapping) and provider.get("name")):
+            return
+        self.checker.warn((*self.spec_path, "action"),
+                          f"{self.policy.ref} has action CUSTOM but no provider.name: Istio's validating webhook "
+                          "rejects it, and where it gets in anyway istiod finds no such extension provider and "
+                          "turns its rules into DENY rules",
+                          "name an extension provider of meshConfig.extensionProviders, "
+                          "e.g. provider: {name: ext-authz}")
+
+    def _binds_nothing(self) -> None:
+        root = self.scenario.mesh.root_namespace
+        where = "of the mesh" if self.policy.namespace == root else f"in namespace {self.policy.namespace}"
+        selector = self.policy.selector
+        if selector and not self.bound:
+            labels = ", ".join(f"{k}={v}" for k, v in selector.items())
+            names = [w.ref for w in self.scenario.topology.workloads
+                     if self.policy.namespace in (root, w.namespace)]
+            self.checker.warn((*self.spec_path, "selector"),
+                              f"selector {labels} of {self.policy.ref} matches no workload {where}: the policy has "
+                              "no effect", f"workloads there: {', '.join(names) or 'none'}")
+            return
+        servers = [w for w in self.bound if w.is_server]
+        if servers and not self.servers:
+            path = (*self.spec_path, "selector") if selector else (*self.spec_path[:-1], "metadata", "namespace")
+            self.checker.warn(path, f"{self.policy.ref} applies only to {_refs(servers)}, which "
+                                    f"{_verb(servers, 'has', 'have')} no sidecar: nothing enforces it",
+                              "AuthorizationPolicy is enforced by the server's sidecar; inject one, or drop the policy")
+
+    def _unknown_when_keys(self) -> None:
+        """Istio's webhook rejects an unknown ``when`` key; istiod skips the rule if it gets in (A3)."""
+        known = [*authz.WHEN_KEYS, *(f"{p}*" if p.endswith(".") else f"{p}[...]" for p in authz.WHEN_PREFIXES)]
+        for index, rule in _rules(self.spec):
+            conditions = rule.get("when")
+            for number, condition in enumerate(conditions if isinstance(conditions, list) else []):
+                key = condition.get("key") if isinstance(condition, Mapping) else None
+                if not isinstance(key, str) or authz.when_attribute(key) is not None:
+                    continue
+                self.checker.warn(self._at(index, "when", number, "key"),
+                                  f"unknown when key '{key}' in rule {index} of {self.policy.ref}: Istio's "
+                                  "validating webhook rejects the policy (unknown attribute), and where it gets in "
+                                  f"anyway istiod skips this rule{did_you_mean(key, known)}",
+                                  f"use one of {', '.join(known)}")
+
+    def _http_fields_on_tcp(self) -> None:
+        """HTTP-only fields on a workload with TCP ports only: an ALLOW rule is dropped, a DENY rule loses
+        them and matches more (A6, authz.compile_rules)."""
+        tcp_only = [w for w in self.servers if all(p.protocol == "tcp" for p in w.ports)]
+        if not tcp_only:
+            return
+        kept = {rule.index: rule for rule in authz.compile_rules(self.policy, self.action, tcp=True).rules}
+        for index, raw in _rules(self.spec):
+            http = [f for f in _fields(raw) if f.attribute.split("[", 1)[0] in authz.HTTP_ONLY]
+            if not http:
+                continue
+            names = list(dict.fromkeys(f.name.removeprefix("when ") for f in http))
+            if self.action == "ALLOW":
+                effect = "Istio drops this ALLOW rule there, so it allows nothing"
+                fix = ("match TCP connections by ports, principals, namespaces or ipBlocks; or, if the port speaks "
+                       "HTTP, declare it with protocol: http")
+            else:
+                rule = kept[index]
+                left = any(rule.sources) or any(rule.operations) or rule.when
+                effect = (f"Istio ignores {'it' if len(names) == 1 else 'them'} there, so this DENY rule denies every "
+                          "connection"
+                          + (f" that matches what is left ({rule.text()})" if left else ""))
+                fix = ("drop the HTTP-only fields, or narrow the rule with fields TCP connections have (ports, "
+                       "principals, namespaces, ipBlocks)")
+            self.checker.warn(self._at(index, *http[0].path),
+                              f"{', '.join(names)} in rule {index} of {self.policy.ref} "
+                              f"{'is' if len(names) == 1 else 'are'} HTTP-only, but {_refs(tcp_only)} "
+                              f"{_verb(tcp_only, 'has', 'have')} only TCP ports: {effect}", fix, key=True)
+
+    def _identity_without_mtls(self) -> None:
+        """principals, namespaces, serviceAccounts, trustDomains come from the peer certificate: a plaintext
+        request has none (A5), so on a workload that accepts plaintext an ALLOW rule never lets it in and a
+        DENY rule never stops it."""
+        found = next(((index, f) for index, raw in _rules(self.spec) for f in _fields(raw)
+                      if f.positive and f.attribute in IDENTITY_ATTRIBUTES), None)
+        if found is None:
+            return
+        index, field = found
+        where: list[str] = []
+        why: list[str] = []
+        workloads: list[Workload] = []
+        for workload in self.servers:
+            decisions = [(p, server_decision(self.scenario, workload, p.target_port)) for p in workload.ports]
+            plaintext = [(p, d) for p, d in decisions if d.mode in ("PERMISSIVE", "DISABLE")]
+            if not plaintext:
+                continue
+            port, decision = plaintext[0]
+            where.append(workload.ref if len(plaintext) == len(decisions) else f"{workload.ref}:{port.port}")
+            why.append(f"{decision.mode}, " + ("no PeerAuthentication applies" if decision.decided_by.startswith(
+                "default") else f"by {decision.decided_by}"))
+            workloads.append(workload)
+        if not workloads:
+            return
+        reasons = why[0] if len(set(why)) == 1 else "; ".join(f"{w}: {r}" for w, r in zip(where, why, strict=True))
+        who = f"{_listing(where)} {_verb(workloads, 'accepts', 'accept')} plaintext ({reasons})"
+        if self.action == "ALLOW":
+            effect = "so this ALLOW rule never matches one (it is denied unless another rule allows it)"
+            fix = (f"make {_listing([w.ref for w in workloads])} STRICT (PeerAuthentication mtls.mode: STRICT) if "
+                   "every client is in the mesh")
+        else:
+            effect = "so this DENY rule never matches one: a client that sends plaintext gets past it"
+            fix = (f"make {_listing([w.ref for w in workloads])} STRICT (PeerAuthentication mtls.mode: STRICT), or "
+                   "also deny requests without an identity: from: [{source: {notPrincipals: ['*']}}]")
+        self.checker.warn(self._at(index, *field.path),
+                          f"rule {index} of {self.policy.ref} matches {field.name}, which need mTLS, but {who}: "
+                          f"a plaintext request carries no identity, {effect}", fix, key=True)
+
+    def _service_ports(self) -> None:
+        """ports and destination.port name the container port the connection reached (A4)."""
+        container = {p.target_port for w in self.servers for p in w.ports}
+        for index, raw in _rules(self.spec):
+            for field in _fields(raw):
+                if field.attribute != "destination.port":
+                    continue
+                for number, value in enumerate(field.values):
+                    if not value.isdigit() or int(value) in container:
+                        continue
+                    owner = next(((w, p) for w in self.servers for p in w.ports if p.port == int(value)), None)
+                    if owner is None:
+                        continue
+                    workload, port = owner
+                    self.checker.warn(self._at(index, *field.path, number),
+                                      f"port {value} in {field.name} of {self.policy.ref} is the Service port of "
+                                      f"{workload.ref}; authorization matches the container port "
+                                      f"({port.target_port}), so this value never matches",
+                                      f'use "{port.target_port}"')
+
+    def _hosts_without_port(self) -> None:
+        """hosts are compared with the Host header, which carries the port except for port 80 (A4)."""
+        http = [(w, p) for w in self.servers for p in w.ports if p.protocol == "http" and p.port != 80]
+        if not http:
+            return
+        workload, port = http[0]
+        authority = authz.request_attributes(workload, port, Request(), None).authority
+        for index, raw in _rules(self.spec):
+            for field in _fields(raw):
+                if field.attribute != "host":
+                    continue
+                for number, value in enumerate(field.values):
+                    if ":" in value or value.endswith("*"):
+                        continue
+                    any_port = "" if value.startswith("*") else f", or '{value}:*' for any port"
+                    self.checker.warn(self._at(index, *field.path, number),
+                                      f"{field.name} value '{value}' in {self.policy.ref} has no port: Istio "
+                                      f"compares hosts with the Host header, which carries the port "
+                                      f"('{authority}' for {workload.ref}:{port.port}), so it never matches requests "
+                                      "to ports other than 80",
+                                      f"write '{value}:{port.port}'{any_port}")
