@@ -14,7 +14,7 @@ from pathlib import Path
 from . import semantics
 from ._version import __version__
 from .diagnostics import ScenarioError, did_you_mean, plural
-from .model import Result, Scenario
+from .model import Request, Result, Scenario
 from .report.model import Report, Row, ScenarioReport
 from .scenario import (
     SCENARIO_SUFFIXES,
@@ -136,6 +136,19 @@ def _explain_error(what: str, text: str, problem: Unresolved) -> int:
     return 2
 
 
+def _explain_request(args: argparse.Namespace) -> Request | str:
+    """The request of --method, --path and --header, like a scenario row's ``request:``; or the error to print."""
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            return f"error: --header '{item}' is not NAME=VALUE\n    fix: write e.g. --header x-token=letmein"
+        headers[name.strip()] = value
+    if not args.path.startswith("/"):
+        return f"error: --path '{args.path}' must start with '/'\n    fix: write --path /{args.path}"
+    return Request(method=args.method.upper(), path=args.path, headers=headers)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     if Path(args.file).is_dir():
         print(f"error: {args.file} is a directory; explain reads one scenario file\n"
@@ -158,9 +171,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
         ports = [port]
     else:
         ports = list(target.ports)  # no port named: every port of the server
+    request = _explain_request(args)
+    if isinstance(request, str):
+        print(request, file=sys.stderr)
+        return 2
+    if not request.is_default:  # a request applies to http ports only, as in a scenario's rows
+        tcp = [p for p in ports if p.protocol == "tcp"]
+        if port_key and tcp:
+            print(f"error: a request applies to http ports only; port {tcp[0].port} is tcp\n"
+                  f"    fix: drop --method, --path and --header, or name an http port", file=sys.stderr)
+            return 2
+        ports = [p for p in ports if p.protocol == "http"]
+        if not ports:
+            print(f"error: a request applies to http ports only; {target.ref} has none\n"
+                  f"    fix: drop --method, --path and --header", file=sys.stderr)
+            return 2
     for port in ports:
-        prediction = semantics.predict(scenario, source, target, port)
+        prediction = semantics.predict(scenario, source, target, port, request)
         print(f"{source.ref} -> {target.ref}:{port.port} (container port {port.target_port}, {port.protocol})")
+        if not request.is_default:
+            headers = "; ".join(f"{name}: {value}" for name, value in request.headers.items())
+            print(f"  request: {request.label}" + (f" ({headers})" if headers else ""))
         print(f"  result: {prediction.result.value}")
         print(f"  reason: {prediction.reason}")
         print("  decision chain:")
@@ -269,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", metavar="FROM", help="client workload, e.g. curl.foo")
     p.add_argument("target", metavar="TO[:PORT]",
                    help="server workload and optional Service port, e.g. httpbin.foo:8000")
+    p.add_argument("--method", default="GET", help="the request's method, as in a row's request: (default GET)")
+    p.add_argument("--path", default="/headers", help="the request's path (default /headers)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="a request header; repeat for several")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("check", help="compare each file's explicit expectations with the oracle")

@@ -303,3 +303,37 @@ def test_validate_backend_says_offline_what_that_backend_cannot_run(capsys: pyte
         "(--istio-control-plane=istiod)")
     assert out.count(": ok (") == 13
     assert run(capsys, "validate", "builtin", "--backend", "local")[0] == 0
+
+
+def test_explain_a_request_like_a_scenario_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """--method, --path and --header give explain a row's request:, so authz rows explain with their policy;
+    a request on a tcp port, or a header that is not NAME=VALUE, is wrong usage."""
+    library = str(REPO / "pytest_istio_mtls/scenarios/15-authz-deny-get-without-token.yaml")
+    rule = "ns[foo]-policy[deny-get-without-token]-rule[0]"
+    denied = (f"AuthorizationPolicy foo/deny-get-without-token (DENY) {rule} matches (to methods [GET], when "
+              f"request.headers[x-token] notValues [letmein]): the server sidecar answers HTTP 403 'RBAC: access "
+              f"denied' (rbac_access_denied_matched_policy[{rule}])")
+    assert run(capsys, "explain", library, "curl.legacy", "httpbin.foo", "--path", "/anything/b",
+               "--header", "x-token=guess", "--header", "X-Other=1") == (0, (
+        "curl.legacy -> httpbin.foo:8000 (container port 8080, http)\n"
+        "  request: GET /anything/b (x-token: guess; X-Other: 1)\n"
+        "  result: denied\n"
+        "  reason: httpbin.foo:8000 (container port 8080) is PERMISSIVE (no PeerAuthentication applies); curl.legacy "
+        f"has no sidecar and sends plaintext → denied (PERMISSIVE accepts plaintext, then denied by {denied})\n"
+        "  decision chain:\n"
+        "    1. [P3] no PeerAuthentication applies to httpbin.foo: PERMISSIVE by default\n"
+        "    2. [O5] curl.legacy has no sidecar: it sends exactly what the app sends (plaintext)\n"
+        "    3. [X1] PERMISSIVE accepts plaintext: the request succeeds unencrypted\n"
+        "    4. [A1] AuthorizationPolicy foo/deny-get-without-token (DENY) applies to httpbin.foo (by selector)\n"
+        "    5. [A5] the request reaches httpbin.foo's sidecar on HTTP port 8080 with no principal (plaintext): "
+        "principals and namespaces cannot match it, their not-forms always do\n"
+        f"    6. [A2] DENY is evaluated before ALLOW: {denied}\n"), "")
+    code, out, _ = run(capsys, "explain", library, "curl.legacy", "httpbin.foo:8000", "--method", "get",
+                       "--path", "/anything/a", "--header", "x-token=letmein")
+    assert (code, out.splitlines()[1:3]) == (0, ["  request: GET /anything/a (x-token: letmein)", "  result: plaintext"])
+    assert run(capsys, "explain", library, "curl.foo", "httpbin.foo", "--header", "x-token") == (2, "", (
+        "error: --header 'x-token' is not NAME=VALUE\n    fix: write e.g. --header x-token=letmein\n"))
+    tcp = str(REPO / "pytest_istio_mtls/scenarios/21-authz-plaintext-vs-not-principals.yaml")
+    assert run(capsys, "explain", tcp, "curl.foo", "httpbin.foo:9000", "--method", "POST") == (2, "", (
+        "error: a request applies to http ports only; port 9000 is tcp\n"
+        "    fix: drop --method, --path and --header, or name an http port\n"))
