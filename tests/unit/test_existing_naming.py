@@ -112,3 +112,24 @@ def test_evidence_maps_back_to_scenario_names() -> None:
     assert naming.unmap("spiffe://corp.example/ns/bar-r1x2y3/sa/curl") == "spiffe://cluster.local/ns/bar/sa/curl"
     assert naming.unmap("foo-r1x2y3x") == "foo-r1x2y3x"  # only whole names
     assert Naming(None).unmap("httpbin.foo-r1x2y3") == "httpbin.foo-r1x2y3"
+
+
+def test_authorization_policy_service_accounts_follow_their_namespace() -> None:
+    """serviceAccounts are <namespace>/<name> (no wildcards); a bare name is in the policy's own namespace, which
+    the mapping renames already. source.serviceAccount in `when` follows the same way; principals and namespaces
+    in `when` too."""
+    policy = {"kind": "AuthorizationPolicy", "metadata": {"name": "ap", "namespace": "foo"},
+              "spec": {"action": "DENY", "rules": [{
+                  "from": [{"source": {"serviceAccounts": ["bar/curl", "curl", "kube-system/x"],
+                                       "notServiceAccounts": ["legacy/web"]}}],
+                  "when": [{"key": "source.serviceAccount", "values": ["bar/curl"], "notValues": ["foo/admin"]},
+                           {"key": "source.namespace", "notValues": ["legacy"]},
+                           {"key": "source.principal", "values": ["cluster.local/ns/bar/sa/curl"]}]}]}}
+    rule = rewrite(policy)["spec"]["rules"][0]
+    assert rule["from"][0]["source"] == {"serviceAccounts": ["bar-r1x2y3/curl", "curl", "kube-system/x"],
+                                         "notServiceAccounts": ["legacy-r1x2y3/web"]}
+    assert rule["when"] == [
+        {"key": "source.serviceAccount", "values": ["bar-r1x2y3/curl"], "notValues": ["foo-r1x2y3/admin"]},
+        {"key": "source.namespace", "notValues": ["legacy-r1x2y3"]},
+        {"key": "source.principal", "values": ["cluster.local/ns/bar-r1x2y3/sa/curl"]}]
+    assert rewrite(policy, None)["spec"] == policy["spec"]  # kind: names as written

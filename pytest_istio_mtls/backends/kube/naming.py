@@ -2,9 +2,10 @@
 
 On kind the cluster is ours and namespaces keep their scenario names. On an existing, shared
 cluster every scenario namespace becomes ``<ns>-<runid>``, and every namespaced reference inside a
-policy follows (metadata, hosts, exportTo, AuthorizationPolicy namespaces and principals), so the
-scenario means the same thing in its own namespaces. Evidence read back from the cluster is mapped
-the other way, so verdicts compare against the scenario's names.
+policy follows (metadata, hosts, exportTo, AuthorizationPolicy namespaces, principals and service
+accounts, in sources and in ``when`` conditions), so the scenario means the same thing in its own
+namespaces. Evidence read back from the cluster is mapped the other way, so verdicts compare against
+the scenario's names.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .manifests import MANAGED_BY, RUN_LABEL
 CLUSTER_DOMAIN = "svc.cluster.local"
 NAMESPACE_LIST_KEYS = ("namespaces", "notNamespaces", "exportTo")
 PRINCIPAL_KEYS = ("principals", "notPrincipals")
+SERVICE_ACCOUNT_KEYS = ("serviceAccounts", "notServiceAccounts")
 HOST_KEYS = ("host", "hosts", "notHosts")
 PRINCIPAL = re.compile(r"(^|/)ns/([^/]+)/sa/")
 
@@ -88,6 +90,8 @@ class Naming:
             return self.ns(value) if value in known else value
         if key in PRINCIPAL_KEYS:
             return self._principal(value, known)
+        if key in SERVICE_ACCOUNT_KEYS:
+            return self._service_account(value, known)
         if key in HOST_KEYS:
             return self._host(value, known)
         return value
@@ -103,7 +107,14 @@ class Naming:
                 result[field] = [self.ns(v) if v in known else v for v in items]
             elif attribute == "source.principal":
                 result[field] = [self._principal(str(v), known) for v in items]
+            elif attribute == "source.serviceAccount":
+                result[field] = [self._service_account(str(v), known) for v in items]
         return result
+
+    def _service_account(self, account: str, known: set[str]) -> str:
+        """``foo/curl`` follows foo; a bare ``curl`` is in the policy's namespace, which is mapped already."""
+        namespace, slash, name = account.partition("/")
+        return f"{self.ns(namespace)}/{name}" if slash and namespace in known else account
 
     def _principal(self, principal: str, known: set[str]) -> str:
         def replace(match: re.Match[str]) -> str:
