@@ -269,6 +269,13 @@ def cmd_build_istio(args: argparse.Namespace) -> int:
     return run_cli(args.version, list_only=args.list, force=args.force, cache_dir=args.cache_dir)
 
 
+def cmd_crosscheck(args: argparse.Namespace) -> int:
+    """Generated scenarios on real istiod against the oracle (crosscheck/; Hypothesis is imported only then)."""
+    from .crosscheck.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-istio-mtls",
@@ -329,12 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "+ /pytest-istio-mtls); builds go to DIR/istio/VERSION")
     p.set_defaults(func=cmd_build_istio)
 
+    p = sub.add_parser("crosscheck", help="generate random scenarios, run them on real istiod (local backend) and "
+                                          "compare with the oracle; exit 1 on any disagreement (needs root)",
+                       description="Measure the oracle against real istiod (docs/crosscheck.md). Exit codes: 0 no "
+                                   "disagreement, 1 a disagreement, 2 wrong usage or no local backend here, 3 rows "
+                                   "that could not be observed.")
+    from .crosscheck.cli import add_arguments as add_crosscheck_arguments
+
+    add_crosscheck_arguments(p)
+    p.set_defaults(func=cmd_crosscheck)
+
     from .render import add_render_command
 
     add_render_command(sub)
     from .diff import add_diff_command
 
     add_diff_command(sub)
+    from .importer import add_import_command
+
+    add_import_command(sub)
     return parser
 
 
