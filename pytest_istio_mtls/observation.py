@@ -11,6 +11,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .authz import DENIED_DETAIL
 from .model import Port, Request, Workload, pair_id
 
 # How a connection failed, as the client saw it (``None``: a response arrived).
@@ -95,15 +96,24 @@ class Evidence:
         return asdict(self)
 
     def summary(self, limit: int = 8) -> list[str]:
-        """A few lines for failure messages: what each side recorded, who the server saw, the wire."""
+        """A few lines for failure messages: what each side recorded, who the server saw, the wire.
+
+        Of the counters, at most ``limit`` are shown: RBAC denials first (they decide ``denied``), then
+        TLS; an access-log entry that names the RBAC policy which denied is shown too.
+        """
         lines = []
         for role, proxy in (("client", self.client_proxy), ("server", self.server_proxy)):
             if proxy is None:
                 continue
-            moved = sorted(proxy.stats_delta.items(), key=lambda item: ("ssl" not in item[0], item[0]))[:limit]
+            moved = sorted(proxy.stats_delta.items(),
+                           key=lambda item: ("rbac" not in item[0], "ssl" not in item[0], item[0]))[:limit]
             counters = ", ".join(f"{name} +{value}" for name, value in moved) or "no counter moved"
             flags = sorted({str(e.get("response_flags", "-")) for e in proxy.access_log})
             log = f"; access log flags {','.join(flags)}" if flags else ""
+            denials = sorted({str(e[key]) for e in proxy.access_log
+                              for key in ("response_code_details", "connection_termination_details")
+                              if str(e.get(key, "")).startswith(DENIED_DETAIL)})
+            log += "".join(f", {detail}" for detail in denials)
             lines.append(f"{role} sidecar {proxy.workload}{'' if proxy.live else ' (NOT RUNNING)'}: {counters}{log}")
         if self.peer_identity:
             lines.append(f"peer identity at the server: {self.peer_identity} ({self.identity_source})")

@@ -214,9 +214,14 @@ def decide(observation: Observation) -> Verdict:
         if observation.status == 403 and "RBAC: access denied" in body:
             server = evidence.server_proxy
             denials = server.count("rbac.denied") if server is not None else 0
-            if denials:
+            if denials:  # the access log names the policy when the mesh logs response_code_details
+                assert server is not None
+                named = sorted({str(e["response_code_details"]) for e in server.access_log
+                                if str(e.get("response_code_details", "")).startswith(DENIED_DETAIL)})
                 return Verdict(Result.DENIED, ["HTTP 403 'RBAC: access denied'",
-                                               f"server sidecar rbac.denied +{denials}"])
+                                               f"server sidecar rbac.denied +{denials}",
+                                               *(f"server sidecar access log: response_code_details {d}"
+                                                 for d in named)])
             return _error("HTTP 403 'RBAC: access denied' but the server sidecar recorded no RBAC denial")
         if observation.status == 503 and client_sidecar:
             failures, why_not = _client_upstream_failed(observation)

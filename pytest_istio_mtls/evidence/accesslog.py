@@ -17,6 +17,9 @@ FORMAT: dict[str, str] = {
     "start_time": "%START_TIME%",
     "response_code": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
+    # Why Envoy answered as it did; an HTTP RBAC denial names the matched policy here
+    # (rbac_access_denied_matched_policy[...]), as connection_termination_details does for TCP.
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
     "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
     "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "downstream_peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
@@ -33,6 +36,8 @@ FORMAT: dict[str, str] = {
 
 
 # The keys the evidence joins and judges on (probe ↔ entry, client ↔ server entry, identity, failure reasons).
+# Other keys are read when present: a mesh configured with an older FORMAT (existing clusters, reused kind
+# clusters) still yields verdicts, only with less detail.
 EVIDENCE_KEYS = ("marker", "response_flags", "downstream_remote_address", "downstream_peer_uri_san",
                  "upstream_local_address", "upstream_transport_failure_reason")
 

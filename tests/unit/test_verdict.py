@@ -208,3 +208,18 @@ def test_tcp_denied_without_its_evidence_is_an_error(observation: Observation, e
     assert verdict.result is None
     assert error in verdict.error
 
+
+
+def test_http_denied_names_the_policy_from_the_server_access_log() -> None:
+    """The server sidecar's entry of a real 403 (istio-proxy, istiod 1.31) names the matched policy in
+    response_code_details; a mesh that does not log that key still proves denied by the counter."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parent / "data" / "evidence" / "http-rbac-denied-server.json").read_text())
+    observation = strip(denied(), server_proxy=ProxyEvidence(**recorded))
+    assert decide(observation).because == [
+        "HTTP 403 'RBAC: access denied'", "server sidecar rbac.denied +1",
+        "server sidecar access log: response_code_details "
+        "rbac_access_denied_matched_policy[ns[foo]-policy[deny-get-without-token]-rule[0]]"]
+    assert decide(denied()).because == ["HTTP 403 'RBAC: access denied'", "server sidecar rbac.denied +1"]

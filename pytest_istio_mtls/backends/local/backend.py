@@ -27,7 +27,6 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ... import semantics
-from ...authz import TCP_DENIED_STAT
 from ...diagnostics import plural
 from ...evidence import accesslog, capture, identity, stats
 from ...model import MeshSettings, Scenario, Topology, Workload
@@ -723,10 +722,11 @@ class LocalBackend:
                     if not evidence.client_proxy.access_log:
                         pending[probe.pair] = "client sidecar access-log entry"
                         continue
-                # A TCP peer identity, or an RBAC denial's termination detail, is only in the server sidecar's log
-                # (no XFCC, no status on raw TCP); _attach joins it.
-                if evidence.server_proxy is not None and probe.port.protocol == "tcp" and (
-                        observation.echoed or evidence.server_proxy.count(TCP_DENIED_STAT)) and \
+                # A TCP peer identity, or the policy an RBAC denial matched (HTTP and TCP), is only in the server
+                # sidecar's log (no XFCC, no status on raw TCP); _attach joins it.
+                if evidence.server_proxy is not None and (
+                        (probe.port.protocol == "tcp" and observation.echoed)
+                        or evidence.server_proxy.count("rbac.denied")) and \
                         not self._entries(probe.target.ref, "inbound", self._wire_source(observation, local), probe):
                     pending[probe.pair] = "server sidecar access-log entry"
             return bool(pending)
