@@ -34,6 +34,14 @@ OBJECTS: dict[str, tuple[str, dict[str, Any]]] = {
         "replicas": 0, "selector": {"matchLabels": {"app": "contract"}},
         "template": {"metadata": {"labels": {"app": "contract"}},
                      "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}}}),
+    "StatefulSet": ("apps/v1", {"spec": {
+        "replicas": 0, "serviceName": "contract", "selector": {"matchLabels": {"app": "contract"}},
+        "template": {"metadata": {"labels": {"app": "contract"}},
+                     "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}}}),
+    "DaemonSet": ("apps/v1", {"spec": {
+        "selector": {"matchLabels": {"app": "contract"}},
+        "template": {"metadata": {"labels": {"app": "contract"}},
+                     "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}}}),
     "MutatingWebhookConfiguration": ("admissionregistration.k8s.io/v1", {"webhooks": [{
         "name": "contract.istio-mtls.pytest.io", "clientConfig": {"url": "https://127.0.0.1:1/never"},
         "rules": [], "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore",

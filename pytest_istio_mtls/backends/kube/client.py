@@ -30,6 +30,8 @@ BUILTIN: dict[str, tuple[str, str, bool]] = {
     "Pod": ("core", "namespaced_pod", True),
     "Event": ("core", "namespaced_event", True),
     "Deployment": ("apps", "namespaced_deployment", True),
+    "StatefulSet": ("apps", "namespaced_stateful_set", True),  # read by `pytest-istio-mtls import`
+    "DaemonSet": ("apps", "namespaced_daemon_set", True),
     "MutatingWebhookConfiguration": ("admission", "mutating_webhook_configuration", False),
     "EndpointSlice": ("discovery", "namespaced_endpoint_slice", True),
     "CustomResourceDefinition": ("extensions", "custom_resource_definition", False),
