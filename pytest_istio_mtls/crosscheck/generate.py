@@ -131,11 +131,11 @@ def _selector(server: Server, draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def peer_authentications(draw: st.DrawFn, shape: Shape) -> Doc:
-    scope = draw(st.sampled_from(("namespace", "mesh", "workload")))
+    scope = draw(st.sampled_from(("namespace", "mesh", "workload", "workload in root")))
     spec: dict[str, Any] = {}
-    if scope == "workload" and shape.servers:
+    if scope.startswith("workload"):
         server = draw(st.sampled_from(shape.servers))
-        namespace = server.namespace
+        namespace = ROOT if scope == "workload in root" else server.namespace  # Istio ignores the first (P1)
         spec["selector"] = _selector(server, draw)
         keys = sorted({p for port in server.ports for p in port[:2]})  # container and Service ports
         chosen = draw(st.lists(st.sampled_from(keys), max_size=2, unique=True))
@@ -179,6 +179,8 @@ def destination_rules(draw: st.DrawFn, shape: Shape) -> Doc:
             setting["tls"] = _tls(draw)
         policy["portLevelSettings"] = [setting]
     spec["trafficPolicy"] = policy
+    if draw(st.sampled_from((False, False, False, True))):  # subset TLS applies only to routed traffic
+        spec["subsets"] = [{"name": "v1", "labels": {"app": server.name}, "trafficPolicy": {"tls": _tls(draw)}}]
     return _resource("DestinationRule", namespace, spec)
 
 
@@ -188,10 +190,13 @@ def _principal(namespace: str, account: str) -> str:
 
 @st.composite
 def _source(draw: st.DrawFn, shape: Shape) -> dict[str, Any]:
-    field = draw(st.sampled_from(("principals", "namespaces", "notPrincipals", "notNamespaces")))
+    field = draw(st.sampled_from(("principals", "namespaces", "notPrincipals", "notNamespaces", "serviceAccounts")))
     if field.lower().endswith("principals"):
         namespace, account = draw(st.sampled_from(shape.accounts))
         values = [draw(st.sampled_from((_principal(namespace, account), "*", f"*/ns/{namespace}/sa/{account}")))]
+    elif field == "serviceAccounts":
+        namespace, account = draw(st.sampled_from(shape.accounts))
+        values = [draw(st.sampled_from((f"{namespace}/{account}", account)))]
     else:
         values = [draw(st.sampled_from((*shape.namespaces, "*")))]
     return {field: values}
@@ -199,7 +204,13 @@ def _source(draw: st.DrawFn, shape: Shape) -> dict[str, Any]:
 
 @st.composite
 def _operation(draw: st.DrawFn, shape: Shape, server: Server | None) -> dict[str, Any]:
-    field = draw(st.sampled_from(("ports", "methods", "paths", "notPaths")))
+    field = draw(st.sampled_from(("ports", "methods", "paths", "notPaths", "hosts")))
+    if field == "hosts":  # the Host header a client sends is <Service FQDN>:<port>
+        target = server or draw(st.sampled_from(shape.servers))
+        fqdn = f"{target.name}.{target.namespace}.svc.cluster.local"
+        port = draw(st.sampled_from(target.ports))[0]
+        return {"hosts": [draw(st.sampled_from((f"{fqdn}:{port}", fqdn, f"{target.name}.{target.namespace}*",
+                                                "*.svc.cluster.local")))]}
     if field == "ports":
         ports = sorted({p for s in ([server] if server else shape.servers) for port in s.ports for p in port[:2]})
         return {"ports": [str(draw(st.sampled_from(ports)))]}
@@ -210,12 +221,13 @@ def _operation(draw: st.DrawFn, shape: Shape, server: Server | None) -> dict[str
 
 @st.composite
 def authorization_policies(draw: st.DrawFn, shape: Shape) -> Doc:
-    scope = draw(st.sampled_from(("workload", "namespace", "mesh")))
+    scope = draw(st.sampled_from(("workload", "namespace", "mesh", "workload from root")))
     server: Server | None = None
     spec: dict[str, Any] = {}
-    if scope == "workload":
+    if scope.startswith("workload"):
         server = draw(st.sampled_from(shape.servers))
-        namespace = server.namespace
+        # A selector in the root namespace selects pods of every namespace (unlike PeerAuthentication's).
+        namespace = ROOT if scope == "workload from root" else server.namespace
         spec["selector"] = _selector(server, draw)
     else:
         namespace = ROOT if scope == "mesh" else draw(st.sampled_from(shape.namespaces))

@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 
 from .. import semantics
 from ..backends.base import BackendError, BackendUnavailable
+from ..backends.local import LocalBackend
 from ..diagnostics import ScenarioError, plural
 from ..model import CONCRETE_RESULTS, Expectation, Port, Request, Result, Scenario, Workload
 from ..observation import Probe
@@ -144,13 +145,13 @@ class Observer(Protocol):
 class LocalObserver:
     """One local backend (one control plane) for the whole run; pods are reused while the topology is."""
 
-    def __init__(self, settings_: Settings, progress: Callable[[str], None]) -> None:
-        from ..backends.local import LocalBackend
-
-        self.backend = LocalBackend(settings_, progress)
+    def __init__(self, backend: LocalBackend, *, owned: bool = True) -> None:
+        self.backend = backend
+        self.owned = owned  # False: a backend started (and stopped) by someone else, e.g. a test session
 
     def start(self) -> dict[str, str]:
-        self.backend.start()
+        if self.owned:
+            self.backend.start()
         return self.backend.versions()
 
     def observe(self, scenario: Scenario, rows: Sequence[Expectation]) -> list[tuple[Result | None, str]]:
@@ -161,7 +162,7 @@ class LocalObserver:
         return [(v.result, v.error) for v in verdicts]
 
     def stop(self) -> str:
-        return self.backend.stop(keep=False)
+        return self.backend.stop(keep=False) if self.owned else ""
 
 
 class Crosscheck:
@@ -187,7 +188,7 @@ class Crosscheck:
     # ----------------------------------------------------------------------------------------------- run
 
     def run(self) -> None:
-        observer = self.observer or LocalObserver(self.settings, self._backend_progress)
+        observer = self.observer or LocalObserver(LocalBackend(self.settings, self._backend_progress))
         try:
             self.versions = observer.start()
             self.started = time.monotonic()  # rates are about checking: the control plane's start is not in them
