@@ -84,8 +84,9 @@ class LoadedReport:
     def label(self) -> str:
         """``path (backend, istio 1.30.3, started)``: enough to tell two runs apart."""
         parts = [self.backend] if self.backend else []
-        if self.versions.get("istio"):
-            parts.append(f"istio {self.versions['istio']}")
+        istio = self.versions.get("istio") or self.versions.get("istiod")  # kind and existing; local
+        if istio:
+            parts.append(f"istio {istio}")
         if self.started:
             parts.append(self.started)
         return self.path + (f" ({', '.join(parts)})" if parts else "")

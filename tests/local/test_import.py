@@ -69,10 +69,10 @@ AP_HTTPBIN = istio("AuthorizationPolicy", "imp-shop", "httpbin-allow", {
     annotations={"istio.io/dry-run": "true", "example.com/owner": "team-a"})
 DR_WEB = istio("DestinationRule", "imp-legacy", "web", {"host": "web.imp-legacy.svc.cluster.local",
                                                        "trafficPolicy": {"tls": {"mode": "DISABLE"}}})
+# The mesh config where Istio keeps it (the local istiod reads its file, so this changes nothing there).
+MESH_CONFIG = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
+               "data": {"mesh": "enableAutoMtls: false\nrootNamespace: imp-root\n"}}
 OBJECTS: list[dict[str, Any]] = [
-    # The mesh config where Istio keeps it (the local istiod reads its file, so this changes nothing there).
-    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
-     "data": {"mesh": "enableAutoMtls: false\nrootNamespace: imp-root\n"}},
     namespace("imp-root"), namespace("imp-shop", **{"istio-injection": "enabled"}), namespace("imp-legacy"),
     namespace("imp-canary", **{"istio.io/rev": "canary"}), namespace("imp-other", **{"istio-injection": "enabled"}),
     namespace("imp-ambient", **{"istio.io/dataplane-mode": "ambient"}),
@@ -134,15 +134,25 @@ def cluster(local_backend: LocalBackend) -> Iterator[tuple[Kube, Path]]:
             kube.delete(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"], grace_period_seconds=0)
 
 
+@pytest.fixture
+def mesh_config(cluster: tuple[Kube, Path]) -> Iterator[Path]:
+    """The cluster's mesh config turns autoMtls off and makes imp-root the root namespace, for one test."""
+    kube, kubeconfig = cluster
+    kube.apply(MESH_CONFIG)
+    try:
+        yield kubeconfig
+    finally:
+        kube.delete("v1", "ConfigMap", "istio-system", "istio")
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_import_reads_what_was_created(cluster: tuple[Kube, Path], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    _, kubeconfig = cluster
+def test_import_reads_what_was_created(mesh_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kubeconfig = mesh_config
     out = tmp_path / "shop.yaml"
     code, stdout, stderr = run(capsys, "import", "--kubeconfig", str(kubeconfig), "--namespaces",
                                "imp-shop,imp-legacy,imp-canary", "-o", str(out))
@@ -200,10 +210,9 @@ def test_import_reads_what_was_created(cluster: tuple[Kube, Path], tmp_path: Pat
     assert scenario.policies[2].manifest["metadata"]["annotations"] == {"istio.io/dry-run": "true"}
 
 
-def test_import_to_standard_output_is_the_same_scenario(cluster: tuple[Kube, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_to_standard_output_is_the_same_scenario(mesh_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Without -o the scenario goes to stdout and the notes to stderr; a second import reads the same."""
-    _, kubeconfig = cluster
+    kubeconfig = mesh_config
     args = ["import", "--kubeconfig", str(kubeconfig), "--context", "local", "--namespaces", "imp-canary"]
     code, first, stderr = run(capsys, *args)
     assert code == 0, stderr
@@ -233,11 +242,11 @@ def test_import_to_standard_output_is_the_same_scenario(cluster: tuple[Kube, Pat
     ]
 
 
-def test_what_the_oracle_cannot_predict_is_written_and_refused(cluster: tuple[Kube, Path], tmp_path: Path,
+def test_what_the_oracle_cannot_predict_is_written_and_refused(mesh_config: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """An ambient namespace is imported as it is, but `expect: derived` needs predictions: exit 1, the
     loader's message, and the file is there to edit."""
-    _, kubeconfig = cluster
+    kubeconfig = mesh_config
     out = tmp_path / "ambient.yaml"
     code, _, stderr = run(capsys, "import", "--kubeconfig", str(kubeconfig), "--namespaces", "imp-ambient",
                           "-o", str(out))
@@ -259,3 +268,21 @@ def test_a_missing_namespace_names_the_ones_there(cluster: tuple[Kube, Path], ca
     first, fix = err.splitlines()
     assert first == "error: namespace 'imp-shoop' does not exist in context local; did you mean 'imp-shop'?"
     assert fix.startswith("    fix: namespaces there: ") and "imp-legacy" in fix
+
+
+def test_an_imported_scenario_runs_on_the_local_backend(cluster: tuple[Kube, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        pytester: pytest.Pytester) -> None:
+    """Import (no mesh config: Istio's defaults), then run it: real istiod confirms every derived row."""
+    _, kubeconfig = cluster
+    out = pytester.path / "imported.yaml"
+    code, _, stderr = run(capsys, "import", "--kubeconfig", str(kubeconfig), "--namespaces", "imp-legacy,imp-canary",
+                          "-o", str(out))
+    assert code == 0, stderr
+    assert "note: no mesh config in ConfigMap istio-system/istio or istio-system/istio-canary: Istio's defaults " \
+           "assumed (autoMtls on, root namespace istio-system)" in stderr.splitlines()
+    rows = len(load_scenario(out).expectations)
+    result = pytester.runpytest_subprocess("--istio-scenarios", "imported.yaml", "--istio-backend=local",
+                                           "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([f"{rows} correct, 0 wrong, 0 errors"])  # on failure pytest prints the run
+    result.assert_outcomes(passed=rows)
