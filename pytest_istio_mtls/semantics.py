@@ -527,6 +527,18 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
             result = Result.DENIED
         if decision.reason:
             why = f"{why}, then {decision.reason}"
+    elif client.sends == "tls" and target.sidecar and port.protocol == "tcp" and server.mode != "STRICT":
+        # Non-mesh TLS on a TCP port is proxied as TCP (PERMISSIVE's "Plain TLS" chain, DISABLE's plaintext
+        # chain: pilot/pkg/networking/core/filterchain_options.go inboundPermissiveTCPFilterChainMatchWithMxcOptions,
+        # inboundPlainTextTCPFilterChainMatchOptions), so its network RBAC filter judges the connection before
+        # the app fails the handshake (found by crosscheck: tests/unit/data/crosscheck/01-*).
+        decision = authz.evaluate(scenario, target, port, request, None)
+        steps.extend(Step(f.rule, f.text) for f in decision.findings)
+        if decision.effect == "unknown":
+            return Prediction(source, target, port, Result.UNKNOWN, decision.reason, tuple(steps), server, client,
+                              request)
+        if decision.effect == "deny":
+            result, why = Result.DENIED, f"{server.mode} proxies the TLS as TCP, then {decision.reason}"
     elif result in (Result.REFUSED, Result.UNAVAILABLE):
         steps.extend(Step(f.rule, f.text) for f in authz.unreached(scenario, target, result.value))
     if result is Result.UNKNOWN:
