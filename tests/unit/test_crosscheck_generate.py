@@ -186,3 +186,15 @@ def test_a_planted_oracle_bug_is_found_shrunk_and_written(tmp_path: Path) -> Non
     assert any(line.startswith("shrinking: predicted ") for line in lines)
     table = "\n".join(runner.render(summary))
     assert f"disagreement 1: {check.found[0].signature} -> {check.found[0].file}" in table
+
+
+REGRESSIONS = sorted((Path(__file__).parent / "data" / "crosscheck").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
+def test_the_oracle_agrees_with_each_disagreement_istiod_showed(path: Path) -> None:
+    """The minimal scenarios of past disagreements (observed on real istiod) as regression tests of the oracle."""
+    scenario = load_scenario(path)
+    for row in scenario.expectations:
+        prediction = semantics.predict(scenario, row.source, row.target, row.port, row.request)
+        assert prediction.result is row.result, f"{row.pair}: {prediction.reason}"
