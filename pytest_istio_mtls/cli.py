@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .diff import add_diff_command
 
     add_diff_command(sub)
+    from .importer import add_import_command
+
+    add_import_command(sub)
     return parser
 
 
