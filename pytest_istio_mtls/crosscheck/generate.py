@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 ROOT = "istio-system"
@@ -284,6 +285,10 @@ def scenarios(draw: st.DrawFn, topology: Doc, name: str = "crosscheck") -> Doc:
     shape = Shape.of(topology)
     kinds = st.one_of(peer_authentications(shape), destination_rules(shape), authorization_policies(shape))
     policies = _named(draw(st.lists(kinds, min_size=1, max_size=5)))
+    # Not generated: SIMPLE origination beside an AuthorizationPolicy. A TCP denial of that TLS is real (see
+    # tests/unit/data/crosscheck/01-*), but the local backend cannot join it to the probe yet (the client
+    # sidecar logs no upstream address after the failed handshake), so every such row would be an error.
+    assume(not (any(p["kind"] == "AuthorizationPolicy" for p in policies) and "'SIMPLE'" in repr(policies)))
     auto_mtls = draw(st.sampled_from((True, True, True, False)))
     request = draw(st.sampled_from(REQUESTS))
     doc: Doc = {"name": name}
