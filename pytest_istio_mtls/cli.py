@@ -14,7 +14,7 @@ from pathlib import Path
 from . import semantics
 from ._version import __version__
 from .diagnostics import ScenarioError, did_you_mean, plural
-from .model import Request, Result, Scenario
+from .model import Request, Result, Scenario, destination_label
 from .report.model import Report, Row, ScenarioReport
 from .scenario import (
     SCENARIO_SUFFIXES,
@@ -76,13 +76,14 @@ def prediction_report(scenarios: Sequence[Scenario]) -> Report:
     """A report of what the oracle predicts for every pair (rows carry the file's expectation, if any)."""
     report = Report(backend="predict")
     for scenario in scenarios:
-        expected = {(e.source.ref, e.target.ref, e.port.port): e for e in scenario.expectations
+        expected = {(e.client, e.destination, e.port.port): e for e in scenario.expectations
                     if e.request.is_default}
         rows = []
         for prediction in semantics.predict_all(scenario):
-            exp = expected.get((prediction.source.ref, prediction.target.ref, prediction.port.port))
+            target = destination_label(prediction.target, prediction.port)
+            exp = expected.get((prediction.source.ref, target, prediction.port.port))
             rows.append(Row(
-                source=prediction.source.ref, target=prediction.target.ref, port=prediction.port.port,
+                source=prediction.source.ref, target=target, port=prediction.port.port,
                 predicted=prediction.result.value, reason=prediction.reason, status="predicted",
                 expected=exp.result.value if exp is not None else None,
             ))

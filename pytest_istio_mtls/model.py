@@ -46,12 +46,22 @@ CONCRETE_RESULTS = (Result.MTLS, Result.PLAINTEXT, Result.REFUSED, Result.UNAVAI
 EXPECTABLE_RESULTS = (*CONCRETE_RESULTS, Result.ALLOWED, Result.BLOCKED)
 
 
+ClientTls = Literal["", "no-cert", "foreign-cert", "mesh-cert"]
+CLIENT_TLS: tuple[ClientTls, ...] = ("no-cert", "foreign-cert", "mesh-cert")
+
+
 @dataclass(frozen=True)
 class Port:
+    """Where a probe connects. A Service port by default; ``pod``: the pod's own address and container port
+    (``port == target_port``), bypassing the Service; ``subset``: the Service port, routed to that DestinationRule
+    subset (Istio's ``outbound|port|subset|host`` cluster)."""
+
     name: str
     port: int  # the Service port: what clients dial and what DestinationRule port settings key on
     target_port: int  # the container port: what PeerAuthentication portLevelMtls keys on
     protocol: Protocol = "http"
+    pod: bool = False
+    subset: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,15 +74,27 @@ class Workload:
     ports: tuple[Port, ...] = ()
     ambient: bool = False
     mark: Mark | None = None
+    service: str = ""  # the Service this workload is an endpoint of: its own name or the one it joins; "" for clients
+    shared: bool = False  # that Service has other workloads as endpoints too
+    container_ports: tuple[Port, ...] = ()  # ports the app listens on that no Service declares (port == target_port)
 
     @property
     def ref(self) -> str:
         return f"{self.name}.{self.namespace}"
 
     @property
+    def service_ref(self) -> str:
+        return f"{self.service or self.name}.{self.namespace}"
+
+    @property
     def host(self) -> str:
         """The Service's cluster-local FQDN, as Istio names outbound clusters."""
-        return f"{self.name}.{self.namespace}.{CLUSTER_DOMAIN}"
+        return f"{self.service or self.name}.{self.namespace}.{CLUSTER_DOMAIN}"
+
+    @property
+    def joins(self) -> bool:
+        """An endpoint of another workload's Service (``service: <owner>``), with no Service of its own."""
+        return bool(self.service) and self.service != self.name
 
     def spiffe(self, trust_domain: str = "cluster.local") -> str:
         return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
@@ -85,6 +107,13 @@ class Workload:
         for port in self.ports:
             if key in (port.port, port.name):
                 return port
+        return None
+
+    def pod_port(self, number: int) -> Port | None:
+        """The container port ``number`` dialled at the pod address: a Service's target port or a container port."""
+        for port in (*self.ports, *self.container_ports):
+            if port.target_port == number:
+                return Port(port.name, number, number, port.protocol, pod=True)
         return None
 
     def __eq__(self, other: object) -> bool:
@@ -128,9 +157,14 @@ class Topology:
     def signature(self) -> tuple[Any, ...]:
         """Equal for topologies that deploy the same pods, so a backend can reuse them."""
         return tuple(
-            (w.ref, tuple(sorted(w.labels.items())), w.service_account, w.sidecar, w.ambient, w.ports)
+            (w.ref, tuple(sorted(w.labels.items())), w.service_account, w.sidecar, w.ambient, w.ports, w.service,
+             w.container_ports)
             for w in self.workloads
         )
+
+    def endpoints(self, workload: Workload) -> tuple[Workload, ...]:
+        """Every workload behind ``workload``'s Service (itself included), in topology order."""
+        return tuple(w for w in self.workloads if w.is_server and w.service_ref == workload.service_ref)
 
 
 @dataclass(frozen=True)
@@ -187,25 +221,42 @@ class Request:
     path: str = "/headers"
     headers: Mapping[str, str] = field(default_factory=dict)
     body: str | None = None
+    tls: ClientTls = ""  # a client without a sidecar speaking TLS itself, and the certificate it presents
 
     @property
     def is_default(self) -> bool:
-        return self == Request()
+        """The default method, path, headers and body (the client's TLS is named in the pair's client instead)."""
+        return (self.method, self.path, dict(self.headers), self.body) == ("GET", "/headers", {}, None)
 
     @property
     def label(self) -> str:
         return f"{self.method} {self.path}"
 
     def __hash__(self) -> int:
-        return hash((self.method, self.path, tuple(sorted(self.headers.items())), self.body))
+        return hash((self.method, self.path, tuple(sorted(self.headers.items())), self.body, self.tls))
 
 
 def pair_id(source: Workload, target: Workload, port: Port, request: Request) -> str:
     """``from->to:port`` (plus ``:METHOD:/path`` for a non-default request): the stable id of a probe,
     used as the pytest item name and the report row key."""
+    client, destination = client_label(source, request), destination_label(target, port)
     if request.is_default:
-        return row_id(source.ref, target.ref, port.port)
-    return row_id(source.ref, target.ref, port.port, request.method, request.path)
+        return row_id(client, destination, port.port)
+    return row_id(client, destination, port.port, request.method, request.path)
+
+
+def client_label(source: Workload, request: Request) -> str:
+    """The client as a report names it: ``curl.legacy``, or ``curl.legacy+tls-no-cert`` when it speaks TLS."""
+    return f"{source.ref}+tls-{request.tls}" if request.tls else source.ref
+
+
+def destination_label(target: Workload, port: Port) -> str:
+    """The destination as a report names it: the Service (``httpbin.foo``), routed to a subset (``/v2``) and
+    answered by one of its workloads (``@httpbin-v2``) when it has several; or a pod address (``pod/httpbin.foo``)."""
+    if port.pod:
+        return f"pod/{target.ref}"
+    text = target.service_ref + (f"/{port.subset}" if port.subset else "")
+    return text + (f"@{target.name}" if target.shared else "")
 
 
 def row_id(source: str, target: str, port: int, method: str = "", path: str = "") -> str:
@@ -232,6 +283,14 @@ class Expectation:
     def pair(self) -> str:
         return pair_id(self.source, self.target, self.port, self.request)
 
+    @property
+    def client(self) -> str:
+        return client_label(self.source, self.request)
+
+    @property
+    def destination(self) -> str:
+        return destination_label(self.target, self.port)
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -254,7 +313,7 @@ def default_topology() -> Topology:
 
     def workload(name: str, namespace: str, sidecar: bool, server: bool) -> Workload:
         ports = (Port("http", 8080, 8080, "http"),) if server else ()
-        return Workload(name, namespace, {"app": name}, name, sidecar, ports)
+        return Workload(name, namespace, {"app": name}, name, sidecar, ports, service=name if server else "")
 
     return Topology(
         namespaces=(Namespace("app", True), Namespace("legacy", False)),

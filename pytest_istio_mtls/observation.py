@@ -45,8 +45,8 @@ class Probe:
 
     @property
     def outbound_cluster(self) -> str:
-        """The client sidecar's cluster for this Service port, named like Istio names it."""
-        return f"outbound|{self.port.port}||{self.target.host}"
+        """The client sidecar's cluster for this Service port (and subset), named like Istio names it."""
+        return f"outbound|{self.port.port}|{self.port.subset}|{self.target.host}"
 
 
 @dataclass

@@ -8,7 +8,7 @@ a TLS mode), and warns about the famous traps where Istio accepts a policy that 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,8 +279,9 @@ class PolicyValidator:
 
     # -- across documents: the silent traps ---------------------------------------------------------
 
-    def warn_traps(self) -> None:
-        """Warnings that need every policy and the topology: things Istio accepts but ignores."""
+    def warn_traps(self, routed: Collection[tuple[str, str]] = ()) -> None:
+        """Warnings that need every policy and the topology: things Istio accepts but ignores. ``routed``: the
+        (DestinationRule ref, subset) pairs that expect rows route probes to (``subset:``)."""
         root = self.mesh.root_namespace
         seen_scope: dict[str, Policy] = {}
         # The oracle answers the AuthorizationPolicy questions (what binds, what accepts plaintext) on this.
@@ -291,7 +292,7 @@ class PolicyValidator:
             if policy.kind == "PeerAuthentication":
                 self._pa_traps(checker, path, policy, root, seen_scope)
             elif policy.kind == "DestinationRule":
-                self._dr_traps(checker, path, policy)
+                self._dr_traps(checker, path, policy, routed)
             elif policy.kind == "AuthorizationPolicy":
                 _AuthzTraps(scenario, checker, (*path, "spec"), policy).warn()
 
@@ -332,7 +333,7 @@ class PolicyValidator:
                 continue
             number = int(key)
             for workload in selected:
-                container_ports = {p.target_port for p in workload.ports}
+                container_ports = {p.target_port for p in (*workload.ports, *workload.container_ports)}
                 service_port = next((p for p in workload.ports if p.port == number), None)
                 if number in container_ports:
                     continue
@@ -348,7 +349,8 @@ class PolicyValidator:
                                  f"{workload.ref} (ports: {', '.join(str(p) for p in sorted(container_ports))})",
                                  key=True)
 
-    def _dr_traps(self, checker: Checker, path: tuple[str | int, ...], policy: Policy) -> None:
+    def _dr_traps(self, checker: Checker, path: tuple[str | int, ...], policy: Policy,
+                  routed: Collection[tuple[str, str]]) -> None:
         spec_path = (*path, "spec")
         host = str(policy.spec.get("host", ""))
         resolved = resolve_host(host, policy.namespace)
@@ -378,10 +380,12 @@ class PolicyValidator:
                                  f"{workload.ref}: DestinationRule port settings key on the Service port", hint)
         for index, subset in enumerate(policy.spec.get("subsets") or []):
             sub_policy = subset.get("trafficPolicy") if isinstance(subset, Mapping) else None
-            if isinstance(sub_policy, Mapping) and "tls" in sub_policy:
+            probed = isinstance(subset, Mapping) and (policy.ref, subset.get("name")) in routed
+            if isinstance(sub_policy, Mapping) and "tls" in sub_policy and not probed:
                 checker.warn((*spec_path, "subsets", index, "trafficPolicy", "tls"),
                              f"subset TLS in {policy.ref} applies only to traffic a VirtualService routes to the "
-                             "subset; probes to the Service use the top-level settings", key=True)
+                             "subset; probes to the Service use the top-level settings",
+                             f"probe the subset with an expect row's subset: {subset.get('name')}", key=True)
 
 
 

@@ -93,7 +93,7 @@ class Outcome:
         exp, obs = self.expectation, self.observation
         status = self.status
         return Row(
-            source=exp.source.ref, target=exp.target.ref, port=exp.port.port,
+            source=exp.client, target=exp.destination, port=exp.port.port,
             request="" if exp.request.is_default else exp.request.label,
             expected=exp.result.value, expected_http_status=exp.status,
             observed=self.observed.value if self.observed is not None else None,

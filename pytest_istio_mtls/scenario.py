@@ -13,14 +13,16 @@ import re
 import shlex
 import subprocess
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import semantics
 from .diagnostics import Diagnostic, Mark, ScenarioError, did_you_mean, plural
 from .model import (
+    CLIENT_TLS,
     EXPECTABLE_RESULTS,
+    ClientTls,
     Expectation,
     MeshSettings,
     Namespace,
@@ -41,9 +43,11 @@ TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles"
 MESH_KEYS = ("autoMtls", "rootNamespace")
 TOPOLOGY_KEYS = ("namespaces", "workloads")
 NAMESPACE_KEYS = ("sidecars", "ambient")
-WORKLOAD_KEYS = ("name", "namespace", "labels", "serviceAccount", "sidecar", "ports")
+WORKLOAD_KEYS = ("name", "namespace", "labels", "serviceAccount", "sidecar", "ports", "service", "containerPorts")
 PORT_KEYS = ("name", "port", "targetPort", "protocol")
-EXPECT_KEYS = ("from", "to", "request", "result", "status")
+CONTAINER_PORT_KEYS = ("name", "port", "protocol")
+EXPECT_KEYS = ("from", "to", "endpoint", "subset", "tls", "request", "result", "status")
+POD_PREFIX = "pod/"
 REQUEST_KEYS = ("method", "path", "headers", "body")
 PROTOCOLS = ("http", "tcp")
 # Ports the Istio sidecar itself listens on or excludes from interception.
@@ -89,6 +93,7 @@ class _Loader:
         self.path = path
         self.file = display_path(path)
         self.diagnostics: list[Diagnostic] = []
+        self._joins: dict[str, tuple[str, tuple[str | int, ...]]] = {}  # workload ref → (Service it joins, where)
 
     def fail_if_errors(self) -> None:
         """Raise with every diagnostic (warnings too, they often explain the error) in file order."""
@@ -129,8 +134,10 @@ class _Loader:
         validator = PolicyValidator(topology, mesh)
         self._policy_files(check, data.get("policyFiles"), validator)
         self._inline_policies(check, source, data.get("policies"), validator, located)
-        validator.warn_traps()
-        expectations, derived = self._expectations(check, data, topology)
+        draft = Scenario(name=str(name), path=self.path, mesh=mesh, topology=topology,
+                         policies=tuple(validator.policies))
+        expectations, derived = self._expectations(check, data, draft)
+        validator.warn_traps(routed_subsets(draft, expectations))
         self.fail_if_errors()
         scenario = Scenario(
             name=str(name), path=self.path, description=str(description or ""), mesh=mesh, topology=topology,
@@ -203,10 +210,48 @@ class _Loader:
                                 "workload names must be unique within a namespace")
                     continue
                 workloads.append(workload)
+        workloads = self._join_services(check, workloads)
         if workloads and not any(w.is_server for w in workloads):
             check.warn(("topology", "workloads"), "no workload has ports, so there is nothing to probe",
                        "give a server workload ports: [{name: http, port: 8000}]")
         return Topology(tuple(namespaces), tuple(workloads))
+
+    def _join_services(self, check: Checker, workloads: list[Workload]) -> list[Workload]:
+        """Workloads with ``service: <owner>`` become endpoints of the owner's Service (and serve its ports);
+        every workload of a Service with several endpoints is marked ``shared``."""
+        joined: list[Workload] = []
+        for workload in workloads:
+            if workload.ref not in self._joins:
+                joined.append(workload)
+                continue
+            service, path = self._joins[workload.ref]
+            owner = next((w for w in workloads if w.name == service and w.namespace == workload.namespace), None)
+            names = [w.name for w in workloads if w.namespace == workload.namespace and w.ports
+                     and w.ref not in self._joins]
+            if owner is None:
+                elsewhere = [w.ref for w in workloads if w.name == service]
+                message = (f"a Service selects pods of its own namespace: {', '.join(elsewhere)} is not in "
+                           f"{workload.namespace}" if elsewhere else f"no workload '{service}' in "
+                           f"{workload.namespace} owns a Service{did_you_mean(service, names)}")
+                check.error(path, f"workload {workload.ref} joins Service '{service}', but {message}",
+                            f"name a workload with ports in {workload.namespace}: {', '.join(names) or '(none)'}")
+                continue
+            if owner.ref in self._joins:
+                check.error(path, f"{owner.ref} itself joins Service '{self._joins[owner.ref][0]}'",
+                            f"write service: {self._joins[owner.ref][0]}")
+                continue
+            if not owner.ports:
+                check.error(path, f"{owner.ref} has no ports, so it has no Service to join",
+                            f"give {owner.name} ports, or drop service")
+                continue
+            bad = [p.port for p in workload.container_ports if any(q.target_port == p.port for q in owner.ports)]
+            if bad:
+                check.error(path, f"{workload.ref} serves the target ports of Service {owner.ref} already; "
+                            f"containerPorts repeats {', '.join(map(str, bad))}", "drop those from containerPorts")
+            joined.append(dataclasses.replace(workload, ports=owner.ports, service=owner.name))
+        counts = Counter(w.service_ref for w in joined if w.is_server)
+        return [dataclasses.replace(w, shared=True) if w.is_server and counts[w.service_ref] > 1 else w
+                for w in joined]
 
     def _workload(self, check: Checker, path: tuple[str | int, ...], item: Any,
                   namespaces: list[Namespace]) -> Workload | None:
@@ -250,11 +295,64 @@ class _Loader:
         sidecar = item.get("sidecar", namespace.sidecars)
         check.boolean((*path, "sidecar"), sidecar, f"sidecar of workload '{name}'")
         ports = self._ports(check, (*path, "ports"), item.get("ports"), str(name))
+        service = str(name) if ports else ""
+        if "service" in item and check.dns_label((*path, "service"), item["service"], f"service of workload '{name}'"):
+            if item["service"] == name:
+                check.error((*path, "service"), f"workload '{name}' names its own Service",
+                            "a workload with ports has a Service named after it; drop service", key=True)
+            elif "ports" in item:
+                check.error((*path, "ports"), f"workload '{name}' joins Service '{item['service']}' and serves "
+                            "its ports",
+                            "drop ports here (extra ports the app listens on go under containerPorts)", key=True)
+            else:
+                self._joins[f"{name}.{ns_name}"] = (str(item["service"]), (*path, "service"))
+        container_ports = self._container_ports(check, (*path, "containerPorts"), item.get("containerPorts"),
+                                                str(name), ports)
         return Workload(
             name=str(name), namespace=str(ns_name), labels=clean_labels, service_account=str(account),
             sidecar=sidecar is True, ports=ports, ambient=namespace.ambient and sidecar is not True,
-            mark=check.mark(path),
+            mark=check.mark(path), service=service, container_ports=container_ports,
         )
+
+    def _container_ports(self, check: Checker, path: tuple[str | int, ...], raw: Any, workload: str,
+                         service_ports: tuple[Port, ...]) -> tuple[Port, ...]:
+        """Ports the app listens on that no Service declares: reached only at the pod address (``to: pod/...``)."""
+        if raw is None or not check.is_list(path, raw, f"containerPorts of workload '{workload}'"):
+            return ()
+        ports: list[Port] = []
+        for index, item in enumerate(raw):
+            where = (*path, index)
+            if isinstance(item, int) and not isinstance(item, bool):
+                item = {"port": item}
+            if not check.mapping(where, item, f"a container port of workload '{workload}'"):
+                continue
+            check.keys(where, item, CONTAINER_PORT_KEYS, f"a container port of workload '{workload}'")
+            number = item.get("port")
+            if "port" not in item:
+                check.error(where, f"a container port of workload '{workload}' has no 'port'", "add port: <number>")
+                continue
+            protocol = item.get("protocol", "http")
+            if not check.port_number((*where, "port"), number, "port") or not check.choice(
+                    (*where, "protocol"), protocol, PROTOCOLS, "protocol"):
+                continue
+            name = item.get("name", f"{protocol}-{number}")
+            if not check.dns_label((*where, "name"), name, "port name"):
+                continue
+            if number in RESERVED_PORTS:
+                check.error((*where, "port"), f"port {number} is reserved by the Istio sidecar",
+                            "pick a port outside 15000-15090")
+                continue
+            served = next((p for p in service_ports if p.target_port == number), None)
+            if served is not None:
+                check.error((*where, "port"), f"container port {number} is already the targetPort of Service port "
+                            f"{served.port}", "drop it from containerPorts: pod probes reach it anyway")
+                continue
+            if any(p.port == number for p in ports):
+                check.error((*where, "port"), f"container port {number} is declared twice on workload '{workload}'",
+                            "delete one of them")
+                continue
+            ports.append(Port(str(name), number, number, protocol))
+        return tuple(ports)
 
     def _ports(self, check: Checker, path: tuple[str | int, ...], raw: Any, workload: str) -> tuple[Port, ...]:
         if raw is None:
@@ -417,7 +515,7 @@ class _Loader:
     # -- expectations -------------------------------------------------------------------------------
 
     def _expectations(self, check: Checker, data: Mapping[str, Any],
-                      topology: Topology) -> tuple[list[Expectation], bool]:
+                      scenario: Scenario) -> tuple[list[Expectation], bool]:
         raw = data.get("expect")
         if raw is None:
             check.error((), "the scenario has no 'expect'",
@@ -433,11 +531,11 @@ class _Loader:
             return [], False
         rows: list[Expectation] = []
         for index, item in enumerate(raw):
-            row = self._row(check, ("expect", index), item, topology)
+            row = self._row(check, ("expect", index), item, scenario)
             if row is None:
                 continue
-            key = (row.source.ref, row.target.ref, row.port.port, row.request)
-            first = next((r for r in rows if (r.source.ref, r.target.ref, r.port.port, r.request) == key), None)
+            key = (row.client, row.destination, row.port.port, row.request)
+            first = next((r for r in rows if (r.client, r.destination, r.port.port, r.request) == key), None)
             if first is not None:
                 check.error(("expect", index), f"duplicate row {row.pair} (first at {first.mark})",
                             "each (from, to, port, request) may be expected once; delete one of the rows")
@@ -448,7 +546,8 @@ class _Loader:
         return rows, False
 
     def _row(self, check: Checker, path: tuple[str | int, ...], item: Any,
-             topology: Topology) -> Expectation | None:
+             scenario: Scenario) -> Expectation | None:
+        topology = scenario.topology
         if not check.mapping(path, item, "an expect row"):
             return None
         check.keys(path, item, EXPECT_KEYS, "an expect row")
@@ -459,17 +558,25 @@ class _Loader:
             return None
         source = self._workload_ref(check, (*path, "from"), item["from"], topology)
         target_text = item["to"]
+        pod = isinstance(target_text, str) and target_text.startswith(POD_PREFIX)
+        if pod:
+            target_text = target_text.removeprefix(POD_PREFIX)
         port_key: str | None = None
         if isinstance(target_text, str) and ":" in target_text:
             target_text, _, port_key = target_text.partition(":")
         target = self._workload_ref(check, (*path, "to"), target_text, topology)
         result_text = item["result"]
         ok = check.choice((*path, "result"), result_text, [r.value for r in EXPECTABLE_RESULTS], "result")
-        if source is None or target is None or not ok:
+        tls = self._client_tls(check, path, item, source)
+        if source is None or target is None or not ok or tls is None:
             return None
-        port = self._port_ref(check, (*path, "to"), target, port_key)
-        if port is None:
+        if pod:
+            destination = self._pod_destination(check, path, item, source, target, port_key)
+        else:
+            destination = self._service_destination(check, path, item, scenario, source, target, port_key)
+        if destination is None:
             return None
+        target, port = destination
         result = Result(result_text)
         request = self._request(check, (*path, "request"), item.get("request"), port)
         status = item.get("status")
@@ -477,7 +584,120 @@ class _Loader:
             return None
         if request is None:
             return None
-        return Expectation(source, target, port, result, request, status, check.mark(path))
+        return Expectation(source, target, port, result, dataclasses.replace(request, tls=tls), status,
+                           check.mark(path))
+
+    def _client_tls(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
+                    source: Workload | None) -> ClientTls | None:
+        """``tls``: the client (no sidecar) opens TLS itself, with no, a foreign or a mesh certificate."""
+        if "tls" not in item:
+            return ""
+        value = item["tls"]
+        if not check.choice((*path, "tls"), value, CLIENT_TLS, "tls"):
+            return None
+        if source is not None and source.sidecar:
+            check.error((*path, "tls"), f"{source.ref} has a sidecar, which carries its connections: a client that "
+                        "speaks TLS itself is a workload without a sidecar",
+                        "use a client with sidecar: false (e.g. in a namespace with sidecars: false)", key=True)
+            return None
+        return next(t for t in CLIENT_TLS if t == value)
+
+    def _pod_destination(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
+                         source: Workload, target: Workload, key: str | None) -> tuple[Workload, Port] | None:
+        """``to: pod/<workload>[:<container port>]``: the pod address, bypassing the Service."""
+        for extra in ("endpoint", "subset"):
+            if extra in item:
+                check.error((*path, extra), f"a pod probe names its pod in 'to'; {extra} applies to Service probes",
+                            f"drop {extra}", key=True)
+                return None
+        if source.sidecar:
+            check.error((*path, "to"), f"{source.ref} has a sidecar: a pod probe comes from a workload without one "
+                        "(a sidecar would send it through its passthrough cluster, which is not modelled)",
+                        "probe the pod from a client with sidecar: false")
+            return None
+        port = resolve_pod_port(target, key)
+        if isinstance(port, Unresolved):
+            check.error((*path, "to"), port.message, port.fix)
+            return None
+        return target, port
+
+    def _service_destination(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
+                             scenario: Scenario, source: Workload, target: Workload,
+                             key: str | None) -> tuple[Workload, Port] | None:
+        """``to: <Service>[:port]``, plus which of its workloads answers (``endpoint``) and the DestinationRule
+        subset the client is routed to (``subset``). The returned workload is the endpoint that answers."""
+        if target.joins:
+            check.error((*path, "to"), f"{target.ref} has no Service of its own: it is an endpoint of "
+                        f"{target.service_ref}", f"write to: {target.service_ref}, endpoint: {target.name}")
+            return None
+        port = self._port_ref(check, (*path, "to"), target, key)
+        if port is None:
+            return None
+        endpoints = scenario.topology.endpoints(target)
+        endpoint: Workload | None = None
+        if "endpoint" in item:
+            name = item["endpoint"]
+            if not check.text((*path, "endpoint"), name, "endpoint"):
+                return None
+            if not target.shared:
+                check.error((*path, "endpoint"), f"{target.ref} is the only workload behind its Service",
+                            "drop endpoint: it names one of several workloads behind a Service", key=True)
+                return None
+            endpoint = next((e for e in endpoints if name in (e.name, e.ref)), None)
+            if endpoint is None:
+                names = [e.name for e in endpoints]
+                check.error((*path, "endpoint"), f"'{name}' is not behind Service {target.service_ref}"
+                            f"{did_you_mean(str(name), names)}", f"its workloads: {', '.join(names)}")
+                return None
+        if "subset" in item:
+            routed = self._subset(check, path, item["subset"], scenario, source, target, endpoints, endpoint)
+            if routed is None:
+                return None
+            endpoint = routed
+            port = dataclasses.replace(port, subset=str(item["subset"]))
+        if endpoint is None and len(endpoints) > 1:
+            names = [e.name for e in endpoints]
+            check.error(path, f"Service {target.service_ref} has {len(endpoints)} workloads behind it "
+                        f"({', '.join(names)}): say which one answers", f"add endpoint: {names[-1]}")
+            return None
+        return endpoint or target, port
+
+    def _subset(self, check: Checker, path: tuple[str | int, ...], name: Any, scenario: Scenario,
+                source: Workload, target: Workload, endpoints: tuple[Workload, ...],
+                endpoint: Workload | None) -> Workload | None:
+        """The endpoint a subset route reaches: the subset must be defined by the DestinationRule that applies to
+        this client and Service, and select the endpoint (or exactly one workload when none is named)."""
+        where = (*path, "subset")
+        if not check.dns_label(where, name, "subset"):
+            return None
+        if not source.sidecar:
+            check.error(where, f"{source.ref} has no sidecar: a subset route configures the client's sidecar, and "
+                        "without one the Service's ClusterIP picks any endpoint", "drop subset, or probe from a "
+                        "workload with a sidecar", key=True)
+            return None
+        rules, _ = semantics.destination_rule_for(scenario, source, target)
+        defined = semantics.subsets(rules)
+        if name not in defined:
+            names = ", ".join(f"{r.namespace}/{r.name}" for r in rules)
+            check.error(where, f"no DestinationRule that applies to {source.ref} → {target.host} defines subset "
+                        f"'{name}'" + (f" ({names} defines {', '.join(defined) or 'no subsets'})" if rules else "")
+                        + did_you_mean(str(name), defined),
+                        "define it under spec.subsets of a DestinationRule for that host")
+            return None
+        labels = defined[name]
+        selected = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
+        shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+        if endpoint is not None and endpoint not in selected:
+            check.error(where, f"subset '{name}' (labels {shown}) does not select {endpoint.ref}",
+                        "route to a subset that selects that workload, or name another endpoint")
+            return None
+        if endpoint is None and len(selected) != 1:
+            what = f"selects {', '.join(e.name for e in selected)}" if selected else "selects no workload"
+            check.error(where, f"subset '{name}' (labels {shown}) {what} behind Service {target.service_ref}",
+                        "add endpoint: <the one that answers>" if selected else
+                        "check the subset's labels against the workloads' labels")
+            return None
+        return endpoint or selected[0]
 
     def _workload_ref(self, check: Checker, path: tuple[str | int, ...], text: Any,
                       topology: Topology) -> Workload | None:
@@ -609,6 +829,30 @@ def resolve_workload(topology: Topology, text: str) -> Workload | Unresolved:
     return Unresolved(f"unknown workload '{text}'{did_you_mean(text, names)}", f"workloads: {', '.join(refs)}")
 
 
+def resolve_pod_port(target: Workload, key: str | None) -> Port | Unresolved:
+    """A container port of ``target``'s pod, by number or port name; any one when it listens on only one."""
+    ports = [target.pod_port(n) for n in sorted({p.target_port for p in (*target.ports, *target.container_ports)})]
+    found = [p for p in ports if p is not None]
+    listing = ", ".join(str(p.port) for p in found)
+    if not found:
+        return Unresolved(f"the pod of {target.ref} listens on no port", "give the workload ports or containerPorts")
+    if key is None or key == "":
+        if len(found) == 1:
+            return found[0]
+        return Unresolved(f"the pod of {target.ref} listens on several ports ({listing}); say which one",
+                          f"write pod/{target.ref}:{found[0].port}")
+    named = next((p for p in (*target.ports, *target.container_ports) if p.name == key), None)
+    port = target.pod_port(int(key)) if key.isdigit() else (target.pod_port(named.target_port) if named else None)
+    if port is not None:
+        return port
+    service = next((p for p in target.ports if key.isdigit() and p.port == int(key)), None)
+    if service is not None:
+        return Unresolved(f"{key} is a Service port of {target.ref}; a pod probe names the container port",
+                          f"write pod/{target.ref}:{service.target_port}")
+    close = did_you_mean(key, [str(p.port) for p in found])
+    return Unresolved(f"the pod of {target.ref} listens on no port '{key}'{close}", f"its container ports: {listing}")
+
+
 def resolve_port(target: Workload, key: str | None) -> Port | Unresolved:
     """A Service port by number or name (optional when there is one); a container port gets the Service port's fix."""
     listing = ", ".join(f"{p.port} ({p.name})" for p in target.ports)
@@ -629,6 +873,16 @@ def resolve_port(target: Workload, key: str | None) -> Port | Unresolved:
                           f"write {target.ref}:{by_target.port}")
     names = [str(p.port) for p in target.ports] + [p.name for p in target.ports]
     return Unresolved(f"{target.ref} has no port '{key}'{did_you_mean(key, names)}", f"its ports: {listing}")
+
+
+def routed_subsets(scenario: Scenario, rows: Iterable[Expectation]) -> set[tuple[str, str]]:
+    """(DestinationRule ref, subset) for every subset an expect row routes probes to."""
+    routed = set()
+    for row in rows:
+        if row.port.subset:
+            rules, _ = semantics.destination_rule_for(scenario, row.source, row.target)
+            routed |= {(rule.ref, row.port.subset) for rule in rules if row.port.subset in semantics.subsets([rule])}
+    return routed
 
 
 def load_scenario(path: str | os.PathLike[str]) -> Scenario:

@@ -310,8 +310,13 @@ def dr_tls_for_port(rules: Sequence[Policy], port: Port) -> tuple[Mapping[str, A
     Returns (tls, rule, where); ``where`` is "conflict" when a portLevelSettings entry matches the
     port without a ``tls`` block while the rule has a top-level one: Istio's cluster builder then
     drops TLS settings (port entries do not inherit) but its endpoint labelling still uses the
-    top-level mode, so the outcome is not predicted.
+    top-level mode, so the outcome is not predicted. A port routed to a subset takes the subset's settings
+    first (``_subset_tls``).
     """
+    if port.subset:
+        found = _subset_tls(rules, port)
+        if found is not None:
+            return found
     for rule in rules:  # oldest first: the first top-level trafficPolicy wins when rules merge
         policy = rule.spec.get("trafficPolicy")
         if not isinstance(policy, Mapping):
@@ -331,6 +336,50 @@ def dr_tls_for_port(rules: Sequence[Policy], port: Port) -> tuple[Mapping[str, A
     return None, None, ""
 
 
+def subsets(rules: Sequence[Policy]) -> dict[str, dict[str, str]]:
+    """Subset name → labels over the DestinationRules that apply (oldest first: the first definition wins)."""
+    found: dict[str, dict[str, str]] = {}
+    for rule in rules:
+        for subset in rule.spec.get("subsets") or []:
+            name = subset.get("name") if isinstance(subset, Mapping) else None
+            if isinstance(name, str) and name not in found:
+                labels = subset.get("labels")
+                found[name] = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+    return found
+
+
+def _subset_tls(rules: Sequence[Policy], port: Port) -> tuple[Mapping[str, Any] | None, Policy | None, str] | None:
+    """The subset's own TLS for ``port`` (its portLevelSettings entry, else its trafficPolicy.tls); None when
+    it sets none and the DestinationRule's settings apply (Istio's ``MergeSubsetTrafficPolicy``).
+
+    A subset portLevelSettings entry without ``tls`` replaces the merged policy wholesale (no TLS in the
+    cluster) while the endpoint labelling falls back to the subset's or the rule's mode
+    (``tlsModeForDestinationRule``): "conflict" when either sets one, as in ``dr_tls_for_port``.
+    """
+    for rule in rules:
+        for subset in rule.spec.get("subsets") or []:
+            if not isinstance(subset, Mapping) or subset.get("name") != port.subset:
+                continue
+            policy = subset.get("trafficPolicy")
+            if not isinstance(policy, Mapping):
+                return None
+            where = f"subsets[{port.subset}]"
+            for setting in policy.get("portLevelSettings") or []:
+                number = (setting.get("port") or {}).get("number") if isinstance(setting, Mapping) else None
+                if number != port.port:
+                    continue
+                if isinstance(setting.get("tls"), Mapping):
+                    return setting["tls"], rule, f"{where}.portLevelSettings[port {port.port}].tls"
+                top, _, top_where = dr_tls_for_port(rules, Port(port.name, port.port, port.target_port, port.protocol))
+                if isinstance(policy.get("tls"), Mapping) or top is not None or top_where == "conflict":
+                    return None, rule, "conflict"
+                return None, rule, ""
+            if isinstance(policy.get("tls"), Mapping):
+                return policy["tls"], rule, f"{where}.trafficPolicy.tls"
+            return None
+    return None
+
+
 def client_decision(scenario: Scenario, client: Workload, server: Workload, port: Port) -> ClientDecision:
     if not client.sidecar:
         step = Step("O5", f"{client.ref} has no sidecar: it sends exactly what the app sends (plaintext)")
@@ -338,6 +387,10 @@ def client_decision(scenario: Scenario, client: Workload, server: Workload, port
                               (step,))
 
     rules, steps = destination_rule_for(scenario, client, server)
+    if port.subset:
+        steps.append(Step("O3", f"{client.ref} is routed to subset {port.subset} of {server.host} (cluster "
+                                f"outbound|{port.port}|{port.subset}|{server.host}): the subset's traffic policy "
+                                "applies, else the DestinationRule's"))
     selector_rules = [r for r in rules if r.spec.get("workloadSelector")]
     if selector_rules:
         return ClientDecision(
@@ -488,7 +541,7 @@ def _outcome(client: ClientDecision, server: ServerDecision) -> tuple[Result, st
 
 def _server_text(server: ServerDecision, port: Port) -> str:
     target = server.workload.ref
-    where = f"{target}:{port.port}"
+    where = f"pod/{target}:{port.port}" if port.pod else f"{target}:{port.port}"
     if port.target_port != port.port:
         where += f" (container port {port.target_port})"
     if server.mode is None:
@@ -498,17 +551,85 @@ def _server_text(server: ServerDecision, port: Port) -> str:
     return f"{where} is {server.mode} by {server.decided_by}"
 
 
+# --------------------------------------------------------------------------- pod addresses and TLS clients
+
+TLS_CREDENTIALS = {"no-cert": "no client certificate", "foreign-cert": "a client certificate from a foreign CA",
+                   "mesh-cert": "a valid mesh certificate"}
+
+
+def declared(workload: Workload, container_port: int) -> bool:
+    """Does a Service selecting the pod declare this container port? Else Istio's passthrough chains serve it."""
+    return any(p.target_port == container_port for p in workload.ports)
+
+
+def pod_address_steps(target: Workload, port: Port) -> list[Step]:
+    """Why a probe of the pod address meets the same sidecar as a Service probe, and which chains serve it."""
+    if not port.pod:
+        return []
+    steps = [Step("P6", f"the client dials the pod of {target.ref} at container port {port.target_port}, bypassing "
+                        "the Service" + (": the pod's inbound capture still hands it to the sidecar"
+                                         if target.sidecar else ""))]
+    if target.sidecar and not declared(target, port.target_port):
+        steps.append(Step("P5", f"no Service declares container port {port.target_port}: Istio's passthrough filter "
+                                "chains serve it with the workload's mode, or a portLevelMtls entry for that port "
+                                "(a per-port passthrough chain)"))
+    return steps
+
+
+def tls_client_decision(scenario: Scenario, client: Workload, server: Workload, port: Port,
+                        tls: str) -> ClientDecision:
+    """A client without a sidecar that opens TLS itself, as ``curl -k https://`` would (ALPN http/1.1 on http
+    ports, none on tcp), presenting no certificate, a foreign one, or a mesh certificate of its own account."""
+    what = TLS_CREDENTIALS[tls]
+    if tls == "mesh-cert":
+        what += f" ({client.spiffe(scenario.mesh.trust_domain)})"
+    step = Step("O5", f"{client.ref} has no sidecar and opens TLS itself (no Istio ALPN), presenting {what}")
+    return ClientDecision(client, server, port, "tls", f"{client.ref} opens TLS itself with {what}", (step,),
+                          tls_mode=tls)
+
+
+def _tls_client_outcome(client: ClientDecision, server: ServerDecision, port: Port) -> tuple[Result, str, Step]:
+    """What the server side's filter chains (filterchain_options.go) do with TLS that is not from a sidecar."""
+    protocol = port.protocol if declared(server.workload, port.target_port) else "auto-detected"
+    if server.mode is None:
+        return Result.UNKNOWN, "nothing on the server side terminates TLS: the app receives the handshake", Step(
+            "X3", "TLS to a workload without a sidecar reaches the app unterminated: not predicted")
+    if server.mode == "STRICT":
+        if client.tls_mode == "mesh-cert":
+            return Result.MTLS, "STRICT terminates the TLS and accepts the mesh certificate", Step(
+                "P6", "STRICT terminates any TLS and requires a client certificate chaining to the mesh root: a valid "
+                      "mesh certificate passes like a sidecar's, with its identity")
+        why = ("STRICT requires a client certificate" if client.tls_mode == "no-cert"
+               else "the client certificate does not chain to the mesh root")
+        return Result.REFUSED, f"{why}: the server sidecar fails the handshake", Step(
+            "P6", f"STRICT terminates any TLS and requires a client certificate chaining to the mesh root: {why}, so "
+                  "the handshake fails")
+    if server.mode == "DISABLE":
+        return Result.REFUSED, "DISABLE has plaintext filter chains only: TLS matches none", Step(
+            "P6", "DISABLE never terminates TLS: a TLS connection matches no filter chain and is closed")
+    if protocol == "http":
+        return Result.REFUSED, "PERMISSIVE on an http port has chains for Istio mTLS and plaintext only", Step(
+            "P6", "PERMISSIVE on an http port matches Istio mTLS (by Istio's ALPN) or plaintext: TLS without "
+                  "Istio's ALPN matches no filter chain and is closed")
+    return Result.UNKNOWN, f"PERMISSIVE passes TLS without Istio's ALPN through to the app ({protocol} port)", Step(
+        "X3", f"PERMISSIVE on a {protocol} port forwards TLS without Istio's ALPN to the app unterminated: not "
+              "predicted")
+
+
 def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
             request: Request | None = None) -> Prediction:
     request = request or Request()
     server = server_decision(scenario, target, port.target_port)
-    client = client_decision(scenario, source, target, port)
-    steps = [*server.steps, *client.steps]
+    if request.tls:
+        client = tls_client_decision(scenario, source, target, port, request.tls)
+    else:
+        client = client_decision(scenario, source, target, port)
+    steps = [*server.steps, *pod_address_steps(target, port), *client.steps]
     if client.unknown:
         steps.append(Step("X3", client.unknown))
         return Prediction(source, target, port, Result.UNKNOWN, client.unknown, tuple(steps),
                           server, client, request)
-    result, why, step = _outcome(client, server)
+    result, why, step = _tls_client_outcome(client, server, port) if request.tls else _outcome(client, server)
     steps.append(step)
     limit = unmodelled(scenario, source, target, request, allowed=result in (Result.MTLS, Result.PLAINTEXT))
     if limit:

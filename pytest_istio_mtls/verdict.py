@@ -20,6 +20,7 @@ A dead proxy, a dead app, an unresolved name, a timeout, or missing evidence is 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .authz import DENIED_DETAIL, TCP_DENIED_STAT
@@ -153,8 +154,29 @@ def _faults(observation: Observation) -> list[str]:
     return faults
 
 
+def _answered_by(observation: Observation) -> str:
+    """The workload whose app answered, when the app names itself (the local backend's echo app does)."""
+    try:
+        answer = json.loads(observation.body)
+    except ValueError:
+        return ""
+    return str(answer.get("workload") or "") if isinstance(answer, dict) else ""
+
+
 def _allowed(observation: Observation) -> Verdict:
     """The request reached the app: was the hop between the pods mTLS or plaintext?"""
+    probe = observation.probe
+    answered = _answered_by(observation)
+    if answered and answered != probe.target.ref:
+        return _error(f"the app of {answered} answered, not the probed {probe.target.ref}")
+    verdict = _encryption(observation)
+    if verdict.ok and answered and probe.target.shared:  # which of the Service's workloads answered
+        verdict.because.insert(0, f"the app of {answered} answered")
+    return verdict
+
+
+def _encryption(observation: Observation) -> Verdict:
+    """Mtls or plaintext, on the capture, the server sidecar's handshakes and the peer identity."""
     probe, evidence = observation.probe, observation.evidence
     capture = evidence.capture
     if capture is None or not capture.found:

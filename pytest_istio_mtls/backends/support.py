@@ -27,8 +27,19 @@ def unsupported(scenario: Scenario, backend: str, control_plane: str = "istiod")
         return (f"{_plural(len(ambient), 'workload')} in ambient mode ({', '.join(ambient)}): no backend of "
                 "pytest-istio-mtls runs ambient (ztunnel) yet; fix: give the namespace `sidecars: true` "
                 "instead of `ambient: true`, or leave this scenario out of the run")
-    if backend != "local" or control_plane != "emulated":
+    if backend != "local":
+        directed = _directed(scenario)
+        return None if directed is None else (
+            f"{directed}: the {backend} backend does not direct probes like this yet (one workload of a Service, "
+            "a subset route, a pod address, a client certificate); fix: run it on the local backend "
+            "(--istio-backend=local)")
+    if control_plane != "emulated":
         return None
+    directed = _directed(scenario)
+    if directed is not None:
+        return (f"{directed}, which needs istiod's own logic (endpoints, routes, passthrough and TLS filter chains) "
+                "that the emulated control plane does not reproduce; fix: run it with real istiod "
+                "(--istio-control-plane=istiod)")
     for policy in scenario.policies:
         if policy.kind in EMULATED_UNSUPPORTED_KINDS:
             return (f"{policy.kind} {policy.namespace}/{policy.name} is not emulated by the local backend's "
@@ -40,6 +51,22 @@ def unsupported(scenario: Scenario, backend: str, control_plane: str = "istiod")
             return (f"DestinationRule {policy.namespace}/{policy.name} uses tls.mode MUTUAL (user-supplied "
                     "certificates), which the emulated control plane does not emulate; fix: run it on kind "
                     "(--istio-backend=kind)")
+    return None
+
+
+def _directed(scenario: Scenario) -> str | None:
+    """The first thing in the scenario that needs a probe directed beyond "a client calls a Service": a Service
+    with several workloads, a subset route, a pod address, a client speaking TLS itself."""
+    shared = [w for w in scenario.topology.workloads if w.joins]
+    if shared:
+        return f"Service {shared[0].service_ref} has several workloads behind it ({shared[0].ref} joins it)"
+    for row in scenario.expectations:
+        if row.port.subset:
+            return f"row {row.pair} is routed to subset {row.port.subset}"
+        if row.port.pod:
+            return f"row {row.pair} probes a pod address"
+        if row.request.tls:
+            return f"row {row.pair} is a client speaking TLS itself"
     return None
 
 

@@ -291,11 +291,18 @@ def test_console_script_never_shows_a_traceback(write_scenario: Callable[..., Pa
 
 
 def test_validate_backend_says_offline_what_that_backend_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
-    """validate --backend local --control-plane emulated names each authz scenario and the fix; istiod runs all."""
+    """validate --backend local --control-plane emulated names each authz and directed scenario and the fix;
+    istiod runs all."""
     code, out, err = run(capsys, "validate", "builtin", "--backend", "local", "--control-plane", "emulated")
     refused = [line for line in err.splitlines() if "valid, but cannot run" in line]
     assert code == 1
-    assert len(refused) == 8 and all("-authz-" in line for line in refused)
+    assert len(refused) == 11 and all("-authz-" in line for line in refused[:8])
+    assert refused[8] == (
+        "pytest_istio_mtls/scenarios/22-one-service-two-workloads.yaml: valid, but cannot run with "
+        "--istio-backend=local --istio-control-plane=emulated: Service httpbin.foo has several workloads behind it "
+        "(httpbin-v2.foo joins it), which needs istiod's own logic (endpoints, routes, passthrough and TLS filter "
+        "chains) that the emulated control plane does not reproduce; fix: run it with real istiod "
+        "(--istio-control-plane=istiod)")
     assert refused[0] == (
         "pytest_istio_mtls/scenarios/14-authz-allow-only-frontend.yaml: valid, but cannot run with "
         "--istio-backend=local --istio-control-plane=emulated: AuthorizationPolicy app/backend-allow-frontend is "

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 FIELD_MANAGER = "pytest-istio-mtls"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pytest-istio-mtls"}
 WORKLOAD_LABEL = "istio-mtls.pytest.io/workload"
+SERVICE_LABEL = "istio-mtls.pytest.io/service"  # on every pod of a Service with several workloads: its selector
+SUBSET_ROUTE = "pytest-istio-mtls-subset"
 RUN_LABEL = "istio-mtls.pytest.io/run"
 PROXY = "istio-proxy"
 CURL = "curl"
@@ -114,15 +116,18 @@ def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, 
     cluster_namespaces = [naming.ns(n.name) for n in topology.namespaces]
     for workload in topology.workloads:
         objects.append(deployment(workload, topology, naming, image_map, revision, cluster_namespaces))
-        if workload.ports:
+        if workload.ports and not workload.joins:
             objects.append(service(workload, naming))
     objects.extend(fresh_connection_filters(topology, naming))
     return objects
 
 
 def _app_containers(workload: Workload, image_map: Mapping[str, str]) -> list[dict[str, Any]]:
-    http = sorted({p.target_port for p in workload.ports if p.protocol == "http"})
-    tcp = sorted({p.target_port for p in workload.ports if p.protocol == "tcp"})
+    """The app's containers: one go-httpbin per http port and one tcp-echo for the tcp ports, Service target
+    ports and ``containerPorts`` alike (the latter are reached at the pod address only)."""
+    served = (*workload.ports, *workload.container_ports)
+    http = sorted({p.target_port for p in served if p.protocol == "http"})
+    tcp = sorted({p.target_port for p in served if p.protocol == "tcp"})
     clash = set(http) & set(tcp)
     if clash:
         raise ManifestError(f"{workload.ref}: container port {min(clash)} is used by both an http and a tcp port")
@@ -153,6 +158,8 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
     namespace = topology.namespace(workload.namespace)
     namespace_injects = namespace is not None and namespace.sidecars
     labels = {**workload.labels, **_labels(naming, {WORKLOAD_LABEL: workload.name})}
+    if workload.shared:
+        labels[SERVICE_LABEL] = workload.service
     annotations: dict[str, str] = {}
     if not workload.sidecar:  # opt out both ways: the label wins on current Istio, the annotation on old ones
         labels["sidecar.istio.io/inject"] = annotations["sidecar.istio.io/inject"] = "false"
@@ -193,12 +200,16 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
 
 
 def service(workload: Workload, naming: Naming) -> dict[str, Any]:
+    """The Service ``workload`` is an endpoint of. It selects the workload's pod by its workload label, or every
+    workload behind it by the service label when it has several (``service: <owner>`` in the topology)."""
+    name = workload.service or workload.name
+    selector = {SERVICE_LABEL: name} if workload.shared else {WORKLOAD_LABEL: workload.name}
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": workload.name, "namespace": naming.ns(workload.namespace),
-                     "labels": _labels(naming, {WORKLOAD_LABEL: workload.name})},
+        "metadata": {"name": name, "namespace": naming.ns(workload.namespace),
+                     "labels": _labels(naming, {WORKLOAD_LABEL: name})},
         "spec": {
-            "selector": {WORKLOAD_LABEL: workload.name},
+            "selector": selector,
             "ports": [{"name": port_name(p), "port": p.port, "targetPort": p.target_port, "protocol": "TCP",
                        "appProtocol": p.protocol} for p in workload.ports],
         },
@@ -214,8 +225,8 @@ def fresh_connection_filters(topology: Topology, naming: Naming) -> list[dict[st
     complete HttpProtocolOptions (explicit HTTP/1.1, as Istio configures ``http`` ports). TLS settings
     are not touched.
     """
-    targets = [(naming.host(w.name, w.namespace), p.port) for w in topology.workloads for p in w.ports
-               if p.protocol == "http"]
+    targets = list(dict.fromkeys((naming.host(w.service or w.name, w.namespace), p.port)
+                                 for w in topology.workloads for p in w.ports if p.protocol == "http"))
     if not targets:
         return []
     options = {"@type": f"type.googleapis.com/{HTTP_OPTIONS}",
@@ -229,6 +240,24 @@ def fresh_connection_filters(topology: Topology, naming: Naming) -> list[dict[st
              "metadata": {"name": FRESH_CONNECTIONS, "namespace": naming.ns(ns), "labels": _labels(naming)},
              "spec": {"workloadSelector": {"labels": dict(MANAGED_BY)}, "configPatches": patches}}
             for ns in sorted({w.namespace for w in topology.workloads if w.sidecar})]
+
+
+def subset_route(workload: Workload, subset: str, naming: Naming) -> dict[str, Any]:
+    """The VirtualService that routes every client of ``workload``'s Service to one DestinationRule subset, on
+    every port (http and tcp): how a probe with ``subset:`` reaches the subset's cluster, whose traffic policy
+    Istio applies only to traffic routed there."""
+    name = workload.service or workload.name
+    host = naming.host(name, workload.namespace)
+    route = [{"destination": {"host": host, "subset": subset}}]
+    spec: dict[str, Any] = {"hosts": [host]}
+    if any(p.protocol == "http" for p in workload.ports):
+        spec["http"] = [{"route": route}]
+    if any(p.protocol == "tcp" for p in workload.ports):
+        spec["tcp"] = [{"route": route}]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": f"{SUBSET_ROUTE}-{name}", "namespace": naming.ns(workload.namespace),
+                         "labels": _labels(naming)},
+            "spec": spec}
 
 
 def mesh_settings(mesh: MeshSettings) -> dict[str, Any]:

@@ -34,13 +34,14 @@ from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
 from ...options import Settings
 from .. import support
 from ..base import BackendError, BackendUnavailable, Progress
-from . import agent, envoy, prober
+from . import agent, envoy, prober, routing
 from .capture import PacketCapture, save, to_pcap
 from .certs import CertificateAuthority
 from .controlplane import SERVICE_CIDR
 from .istiod import IstiodMesh
 from .state import PREFIX, RunState, kept_runs, new_run, processes_mentioning, stop_processes, sweep, teardown
 from .system import envoy_binary, iptables_backend, require_privileges, require_tools, run
+from .tlsclient import ClientCredentials
 
 BRIDGE_IP = "10.244.0.1"
 POD_NET = "10.244.0.{}"
@@ -109,7 +110,7 @@ def hosts_file(pod: Pod, pods: Sequence[Pod]) -> str:
     """What cluster DNS would answer inside this pod: FQDN, name.ns and, in-namespace, the short name."""
     lines = ["127.0.0.1 localhost", "::1 localhost", f"{pod.ip} {pod.workload.name}"]
     for other in pods:
-        if not other.workload.is_server:
+        if not other.workload.is_server or other.workload.joins:  # one line per Service
             continue
         name, namespace = other.workload.name, other.workload.namespace
         names = [other.workload.host, f"{name}.{namespace}.svc", f"{name}.{namespace}"]
@@ -139,6 +140,7 @@ class LocalBackend:
         self._windows: dict[str, tuple[float, float]] = {}  # probe marker → (sent, answered), epoch seconds
         self._generation = 0
         self.istiod: IstiodMesh | None = None  # --istio-control-plane=istiod: real Istio configures the sidecars
+        self.credentials: ClientCredentials | None = None  # of clients that speak TLS themselves
 
     # ----------------------------------------------------------------------------------- lifecycle
 
@@ -161,6 +163,7 @@ class LocalBackend:
             "link set lo up\nlink add br0 type bridge\nlink set br0 up\n"
             f"addr add {BRIDGE_IP}/16 dev br0\n"))
         self.ca = CertificateAuthority(self.state.directory / "certs")
+        self.credentials = ClientCredentials(self.ca, self.state.directory / "client-certs")
         self.capture = PacketCapture(self.hub)
         self.progress(f"local backend: run {self.state.run_id}, Envoy {self.envoy_version}, state in "
                       f"{self.state.directory}")
@@ -286,7 +289,7 @@ class LocalBackend:
         run(["ip", "-n", self.hub, "-batch", "-"], stdin="".join(
             f"link add {p.veth} type veth peer name eth0 netns {p.netns}\n"
             f"link set {p.veth} master br0\nlink set {p.veth} up\n" for p in pods))
-        services = [(p.service_ip, port.port, p.ip, port.target_port) for p in pods for port in p.workload.ports]
+        services = routing.service_dnat(pods, {})  # a Service with several workloads: see routing.Router
         iptables = iptables_backend() if self.istiod is not None else ""
         for pod in pods:
             run(["ip", "-n", pod.netns, "-batch", "-"], stdin=(
@@ -315,7 +318,7 @@ class LocalBackend:
         if self.istiod is not None:
             self.istiod.register_pods((p.workload, p.ip) for p in pods)
         for pod in pods:
-            if pod.workload.is_server:
+            if pod.workload.is_server or pod.workload.container_ports:
                 self._start_app(pod)
             if pod.workload.sidecar and self.istiod is not None:
                 self._start_agent(pod)
@@ -348,8 +351,9 @@ class LocalBackend:
 
     def _start_app(self, pod: Pod) -> None:
         assert self.state is not None
-        args = [sys.executable, "-I", str(ECHO_SCRIPT), "--tag", f"{PREFIX}-{self.state.run_id}"]
-        for port in {p.target_port: p for p in pod.workload.ports}.values():
+        args = [sys.executable, "-I", str(ECHO_SCRIPT), "--tag", f"{PREFIX}-{self.state.run_id}",
+                "--name", pod.ref]
+        for port in {p.target_port: p for p in (*pod.workload.ports, *pod.workload.container_ports)}.values():
             args += ["--http" if port.protocol == "http" else "--tcp", str(port.target_port)]
         pod.app = self._spawn(pod, args, pod.directory / "app.log")
 
@@ -407,7 +411,7 @@ class LocalBackend:
                         log = "app.log" if what == "app" else "envoy.log"
                         tail = (pod.directory / log).read_text(errors="replace")[-600:].strip()
                         raise BackendError(f"the {what} of {pod.ref} exited with code {process.returncode}: {tail}")
-                for port in pod.workload.ports:
+                for port in (*pod.workload.ports, *pod.workload.container_ports):
                     if not prober.accepts(pod.netns, port.target_port, timeout=0.2):
                         pending[pod.ref] = f"app not listening on {port.target_port}"
                 if pod.envoy is not None:
@@ -598,7 +602,20 @@ class LocalBackend:
         """Probe one at a time (per-probe stats deltas and captures), then join the access logs."""
         if self.capture is None:
             raise BackendError("the local backend was not started")
-        sent = [self._probe_one(probe) for probe in probes]
+        router = None
+        if self.istiod is not None and self.istiod.kube is not None:
+            router = routing.Router(self.istiod.kube, self.istiod.control.configz, self._confirm_istiod, self.pods,
+                                    self.settings.timeout)
+        done: dict[int, tuple[Observation, bytes, tuple[str, int] | None]] = {}
+        try:
+            for index in routing.order(probes):  # one routing change per group of probes, not per probe
+                if router is not None and router.route(probes[index]):
+                    self._stats = {}
+                done[index] = self._probe_one(probes[index])
+        finally:
+            if router is not None:
+                router.reset()
+        sent = [done[index] for index in range(len(probes))]
         observations = [observation for observation, _, _ in sent]
         locals_ = [local for _, _, local in sent]
         self._wait_logs(probes, observations, locals_)
@@ -620,7 +637,11 @@ class LocalBackend:
         before = {ref: self._stats.get(ref) or self._read_stats(pod) for ref, pod in involved.items()}
         self.capture.drain()  # discard frames of earlier traffic
         sent_at = time.time()
-        address = self._resolve(client, probe.target)
+        address = server.ip if probe.port.pod else self._resolve(client, probe.target)
+        host = server.ip if probe.port.pod else probe.target.host
+        tls = None
+        if probe.request.tls and self.credentials is not None:
+            tls = self.credentials.context(probe.source, probe.port, probe.request.tls)
         if faults:
             observation.evidence.faults.extend(faults)
             response = prober.Response()
@@ -628,10 +649,10 @@ class LocalBackend:
             response = prober.Response(error="unresolved",
                                        detail=f"{probe.target.host} is not in /etc/netns/{client.netns}/hosts")
         elif probe.port.protocol == "http":
-            response = prober.http(client.netns, (address, probe.port.port), probe.target.host, probe.request,
-                                   probe.marker, self.probe_timeout)
+            response = prober.http(client.netns, (address, probe.port.port), host, probe.request,
+                                   probe.marker, self.probe_timeout, tls)
         else:
-            response = prober.tcp(client.netns, (address, probe.port.port), probe.marker, self.probe_timeout)
+            response = prober.tcp(client.netns, (address, probe.port.port), probe.marker, self.probe_timeout, tls)
         self._windows[probe.marker] = (sent_at, time.time())
         drained = self.capture.drain()
         frames = drained.get(f"{server.netns}:lo" if client is server else server.veth, [])

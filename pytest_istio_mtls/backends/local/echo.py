@@ -1,18 +1,20 @@
 """The server app of the local backend: an httpbin-like header echo on http ports, a byte echo on tcp ports.
 
 Runs as its own process inside a pod's network namespace and imports nothing from the package,
-so it starts in a few milliseconds. HTTP answers are JSON ``{"method", "path", "headers", "body"}``
-(like httpbin ``/anything``; headers include X-Forwarded-Client-Cert when the sidecar added it),
+so it starts in a few milliseconds. HTTP answers are JSON ``{"method", "path", "headers", "body",
+"workload"}`` (like httpbin ``/anything``; headers include X-Forwarded-Client-Cert when the sidecar added
+it; ``workload`` names the pod that answered, so a Service with several workloads shows which one did),
 written in ONE send: headers and body in separate writes hit Nagle + delayed ACK behind Envoy and
 cost ~40 ms per request.
 
-Usage: python echo.py --http PORT [--http PORT ...] --tcp PORT [...] --tag RUN_ID
+Usage: python echo.py --http PORT [--http PORT ...] --tcp PORT [...] --name WORKLOAD --tag RUN_ID
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import signal
 import sys
@@ -32,7 +34,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
     return await reader.readexactly(length) if length else b""
 
 
-async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve_http(workload: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
             first = await reader.read(1)
@@ -59,7 +61,7 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             if path.startswith("/status/") and path[8:].isdigit():
                 status = int(path[8:])
             payload = json.dumps({"method": method, "path": path, "headers": raw_headers,
-                                  "body": body.decode("utf-8", "replace")}).encode()
+                                  "body": body.decode("utf-8", "replace"), "workload": workload}).encode()
             close = headers.get("connection", "").lower() == "close"
             head = (f"HTTP/1.1 {status} {'OK' if status == 200 else 'Echo'}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(payload)}\r\n{'Connection: close' + chr(13) + chr(10) if close else ''}"
@@ -85,8 +87,9 @@ async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         writer.close()
 
 
-async def main(http_ports: list[int], tcp_ports: list[int]) -> None:
-    servers = [await asyncio.start_server(serve_http, "0.0.0.0", port) for port in http_ports]
+async def main(http_ports: list[int], tcp_ports: list[int], name: str) -> None:
+    http = functools.partial(serve_http, name)
+    servers = [await asyncio.start_server(http, "0.0.0.0", port) for port in http_ports]
     servers += [await asyncio.start_server(serve_tcp, "0.0.0.0", port) for port in tcp_ports]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +105,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--http", type=int, action="append", default=[])
     parser.add_argument("--tcp", type=int, action="append", default=[])
+    parser.add_argument("--name", default="", help="the workload (name.namespace) this app belongs to")
     parser.add_argument("--tag", default="", help="run id, so a sweep can recognise the process")
     options = parser.parse_args()
-    asyncio.run(main(options.http, options.tcp))
+    asyncio.run(main(options.http, options.tcp, options.name))
     sys.exit(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...model import Topology, Workload
-from ..kube.manifests import MANAGED_BY, WORKLOAD_LABEL, port_name
+from ..kube.manifests import MANAGED_BY, SERVICE_LABEL, WORKLOAD_LABEL, port_name
 
 MANAGED_BY_SLICE = "pytest-istio-mtls.local"
 APP_CONTAINER = "app"
@@ -30,6 +30,8 @@ def namespaces(topology: Topology) -> list[dict[str, Any]]:
 def pod_labels(workload: Workload) -> dict[str, str]:
     """The workload's labels plus what the sidecar injector adds (tlsMode drives auto mTLS per endpoint)."""
     labels = {**workload.labels, WORKLOAD_LABEL: workload.name, **MANAGED_BY}
+    if workload.shared:
+        labels[SERVICE_LABEL] = workload.service
     if workload.sidecar:
         labels.update({"security.istio.io/tlsMode": "istio", "service.istio.io/canonical-name": workload.name,
                        "service.istio.io/canonical-revision": "latest"})
@@ -37,7 +39,8 @@ def pod_labels(workload: Workload) -> dict[str, str]:
 
 
 def pod(workload: Workload, node: str) -> dict[str, Any]:
-    ports = [{"containerPort": n, "protocol": "TCP"} for n in sorted({p.target_port for p in workload.ports})]
+    numbers = {p.target_port for p in (*workload.ports, *workload.container_ports)}
+    ports = [{"containerPort": n, "protocol": "TCP"} for n in sorted(numbers)]
     containers: list[dict[str, Any]] = [{"name": APP_CONTAINER, "image": "pytest-istio-mtls.local/app", "ports": ports}]
     if workload.sidecar:
         containers.append({"name": "istio-proxy", "image": "pytest-istio-mtls.local/pilot-agent"})
@@ -54,17 +57,20 @@ def pod_status(ip: str, host_ip: str, started: str) -> dict[str, Any]:
             "startTime": started, "conditions": conditions}
 
 
-def endpoint_slice(workload: Workload, ip: str, node: str) -> dict[str, Any]:
-    """What the EndpointSlice controller would write for the workload's Service (one ready endpoint)."""
+def endpoint_slice(workload: Workload, ip: str | None, node: str) -> dict[str, Any]:
+    """What the EndpointSlice controller would write for the workload's pod in its Service: one slice per
+    workload, so a Service with several workloads has one slice each. ``ip=None``: the pod is out of the
+    Service's endpoints (while a probe needs another workload of that Service to answer)."""
+    endpoints = [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False},
+                  "nodeName": node,
+                  "targetRef": {"kind": "Pod", "namespace": workload.namespace, "name": workload.name}}]
     return {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": f"{workload.name}-local", "namespace": workload.namespace,
-                     "labels": {"kubernetes.io/service-name": workload.name,
+                     "labels": {"kubernetes.io/service-name": workload.service or workload.name,
                                 "endpointslice.kubernetes.io/managed-by": MANAGED_BY_SLICE, **MANAGED_BY}},
         "addressType": "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False},
-                       "nodeName": node,
-                       "targetRef": {"kind": "Pod", "namespace": workload.namespace, "name": workload.name}}],
+        "endpoints": endpoints if ip is not None else [],
         "ports": [{"name": port_name(p), "port": p.target_port, "protocol": "TCP", "appProtocol": p.protocol}
                   for p in workload.ports],
     }

@@ -1,5 +1,7 @@
 """Probes sent from inside a pod: a socket created in the pod's namespace, so its iptables apply.
 
+A probe may speak TLS itself (a client without a sidecar doing ``curl -k https://``): the socket is
+wrapped before the request, and a failed handshake or a TLS alert is the ``tls`` transport error.
 Also the tiny HTTP client used for Envoy's admin endpoint (127.0.0.1:15000 inside the pod).
 """
 
@@ -7,8 +9,10 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...model import Request
 from .system import netns_socket
@@ -47,6 +51,34 @@ def _connect(netns: str, address: tuple[str, int], timeout: float, response: Res
     return None
 
 
+def tls_context(alpn: list[str], credentials: tuple[Path, Path] | None) -> ssl.SSLContext:
+    """A TLS client like ``curl -k``: no server verification, the given ALPN, and a client certificate (cert and
+    key files) when ``credentials`` are given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    if credentials is not None:
+        context.load_cert_chain(str(credentials[0]), str(credentials[1]))
+    return context
+
+
+def _handshake(sock: socket.socket, context: ssl.SSLContext, response: Response) -> socket.socket | None:
+    try:
+        return context.wrap_socket(sock)
+    except ssl.SSLError as exc:
+        response.error, response.detail = "tls", f"TLS handshake failed: {exc.reason or exc}"
+    except ConnectionResetError:
+        response.error, response.detail = "reset", "connection reset during the TLS handshake"
+    except TimeoutError:
+        response.error, response.detail = "timeout", "no TLS handshake before the deadline"
+    except OSError as exc:
+        response.error, response.detail = "closed", f"TLS handshake: {exc}"
+    sock.close()
+    return None
+
+
 def _receive(sock: socket.socket, response: Response, deadline: float, expect: int | None = None) -> bytes:
     data = b""
     while expect is None or len(data) < expect:
@@ -60,6 +92,9 @@ def _receive(sock: socket.socket, response: Response, deadline: float, expect: i
         except ConnectionResetError:
             response.error, response.detail = "reset", "connection reset by peer"
             break
+        except ssl.SSLError as exc:  # TLS 1.3: the server's verdict on our certificate arrives as an alert here
+            response.error, response.detail = "tls", f"TLS alert: {exc.reason or exc}"
+            break
         except TimeoutError:
             response.error, response.detail = "timeout", "no complete answer before the deadline"
             break
@@ -70,16 +105,21 @@ def _receive(sock: socket.socket, response: Response, deadline: float, expect: i
 
 
 def _exchange(netns: str, address: tuple[str, int], payload: bytes, timeout: float,
-              expect: int | None = None) -> tuple[Response, bytes]:
-    """Connect from inside ``netns``, send ``payload``, read the answer (until close or ``expect`` bytes)."""
+              expect: int | None = None, tls: ssl.SSLContext | None = None) -> tuple[Response, bytes]:
+    """Connect from inside ``netns`` (and shake hands when ``tls``), send ``payload``, read the answer (until close
+    or ``expect`` bytes)."""
     response = Response()
     started = time.monotonic()
     sock = _connect(netns, address, timeout, response)
+    if sock is not None and tls is not None:
+        sock = _handshake(sock, tls, response)
     data = b""
     if sock is not None:
         try:
             sock.sendall(payload)
             data = _receive(sock, response, started + timeout, expect)
+        except ssl.SSLError as exc:
+            response.error, response.detail = "tls", f"TLS alert: {exc.reason or exc}"
         except OSError as exc:
             response.error, response.detail = "reset", str(exc)
         finally:
@@ -89,14 +129,14 @@ def _exchange(netns: str, address: tuple[str, int], payload: bytes, timeout: flo
 
 
 def http(netns: str, address: tuple[str, int], host: str, request: Request, marker: str,
-         timeout: float) -> Response:
+         timeout: float, tls: ssl.SSLContext | None = None) -> Response:
     """One HTTP/1.1 request on a fresh connection (Connection: close), like ``curl`` would send it."""
     body = (request.body if request.body is not None else marker + "\n").encode()
     lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {host}:{address[1]}",
              "User-Agent: pytest-istio-mtls", "Accept: */*", f"{MARKER_HEADER}: {marker}"]
     lines += [f"{name}: {value}" for name, value in request.headers.items()]
     lines += ["Content-Type: text/plain", f"Content-Length: {len(body)}", "Connection: close", "", ""]
-    response, data = _exchange(netns, address, "\r\n".join(lines).encode() + body, timeout)
+    response, data = _exchange(netns, address, "\r\n".join(lines).encode() + body, timeout, tls=tls)
     if data:
         head, _, payload = data.partition(b"\r\n\r\n")
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -125,10 +165,11 @@ def _dechunk(payload: bytes) -> bytes:
     return body
 
 
-def tcp(netns: str, address: tuple[str, int], marker: str, timeout: float) -> Response:
+def tcp(netns: str, address: tuple[str, int], marker: str, timeout: float,
+        tls: ssl.SSLContext | None = None) -> Response:
     """Send one marker line and expect it echoed back byte for byte."""
     line = (marker + "\n").encode()
-    response, data = _exchange(netns, address, line, timeout, expect=len(line))
+    response, data = _exchange(netns, address, line, timeout, expect=len(line), tls=tls)
     response.body = data.decode("utf-8", "replace")
     response.echoed = data == line
     if response.echoed:
