@@ -231,8 +231,10 @@ class Importer:
         return templates
 
     def _services(self, templates: list[PodTemplate]) -> set[str]:
-        """One server workload per Service that selects a workload; returns the templates that back one."""
-        served: set[str] = set()
+        """A server workload per Service, named after it, with the pods of the first workload it selects; the
+        others it selects join it (``service:``). Returns the templates imported behind a Service."""
+        placed: dict[str, str] = {}  # template ref → the Service it is imported behind
+        joiners: list[tuple[PodTemplate, str]] = []
         for namespace in self.names:
             for service in self.kube.list("v1", "Service", namespace):
                 name = str(service["metadata"]["name"])
@@ -247,18 +249,23 @@ class Importer:
                 if not backing:
                     self.note(f"{ref} selects no Deployment, StatefulSet or DaemonSet: not imported")
                     continue
-                first = backing[0]
-                if len(backing) > 1:
-                    self.note(f"{ref} selects {plural(len(backing), 'workload')} "
-                              f"({', '.join(t.ref for t in backing)}): imported as one workload with the pods of "
-                              f"{first.ref}")
-                ports = [p for p in (self._port(ref, first, raw) for raw in spec.get("ports") or []) if p]
+                owner = backing[0]
+                ports = [p for p in (self._port(ref, owner, raw) for raw in spec.get("ports") or []) if p]
                 if not ports:
                     self.note(f"{ref} has no port a scenario can probe: not imported")
                     continue
-                served.update(t.ref for t in backing)
-                self.out.workloads.append(self._workload(name, first, ports))
-        return served
+                self.out.workloads.append(self._workload(name, owner, ports))
+                for template in backing:
+                    if template.ref in placed:
+                        self.note(f"{template.ref} is behind {ref} and Service {namespace}/{placed[template.ref]}: "
+                                  + ("its pods are imported for each" if template is owner else
+                                     f"a workload joins one Service, so it is imported behind {placed[template.ref]}"))
+                    elif template is not owner:
+                        joiners.append((template, name))
+                    placed.setdefault(template.ref, name)
+        for template, owner_name in joiners:
+            self.out.workloads.append(self._workload(self._free_name(template), template, service=owner_name))
+        return set(placed)
 
     def _port(self, service: str, template: PodTemplate, raw: Mapping[str, Any]) -> dict[str, Any] | None:
         number = int(raw.get("port") or 0)
@@ -291,9 +298,12 @@ class Importer:
             port["protocol"] = protocol
         return port
 
-    def _workload(self, name: str, template: PodTemplate, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def _workload(self, name: str, template: PodTemplate, ports: list[dict[str, Any]] | None = None,
+                  service: str = "") -> dict[str, Any]:
         """The scenario's entry, leaving out what equals the loader's defaults."""
         entry: dict[str, Any] = {"name": name, "namespace": template.namespace}
+        if service:
+            entry["service"] = service
         if template.labels != {"app": name}:
             entry["labels"] = template.labels
         if template.service_account != name:
@@ -304,16 +314,19 @@ class Importer:
             entry["ports"] = ports
         return entry
 
-    def _client(self, template: PodTemplate) -> None:
-        """A workload no Service selects: a client only, named after its Deployment, StatefulSet or DaemonSet."""
+    def _free_name(self, template: PodTemplate) -> str:
+        """The workload's own name, unless a Service took it or it is not a DNS label (a note says so)."""
         name = template.name.replace(".", "-")
-        taken = {w["name"] for w in self.out.workloads if w["namespace"] == template.namespace}
-        if name in taken:
+        if name in {w["name"] for w in self.out.workloads if w["namespace"] == template.namespace}:
             name = f"{name}-{template.kind.lower()}"
         if name != template.name:
-            self.note(f"{template.ref} is imported as client {name}.{template.namespace} (its name is taken or "
-                      "not a DNS label)")
-        self.out.workloads.append(self._workload(name, template))
+            self.note(f"{template.ref} is imported as {name}.{template.namespace} (its name is taken or not a DNS "
+                      "label)")
+        return name
+
+    def _client(self, template: PodTemplate) -> None:
+        """A workload no Service selects: a client only, named after its Deployment, StatefulSet or DaemonSet."""
+        self.out.workloads.append(self._workload(self._free_name(template), template))
 
     # -- policies -----------------------------------------------------------------------------------------
 

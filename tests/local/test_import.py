@@ -90,6 +90,7 @@ OBJECTS: list[dict[str, Any]] = [
     workload("Deployment", "imp-shop", "reviews-v2", {"app": "reviews", "version": "v2"}, "reviews",
              annotations={"sidecar.istio.io/inject": "false"}),
     service("imp-shop", "reviews", {"app": "reviews"}, [{"name": "http", "port": 9080}]),
+    service("imp-shop", "reviews-canary", {"app": "reviews", "version": "v2"}, [{"name": "http", "port": 9080}]),
     service("imp-shop", "payments", None, [{"port": 443}], type="ExternalName", externalName="pay.example.com"),
     service("imp-shop", "orphan", {"app": "nothing"}, [{"name": "http", "port": 80}]),
     workload("Deployment", "imp-legacy", "legacy-web", {"app": "web"}, "web"),
@@ -165,10 +166,10 @@ def test_import_reads_what_was_created(mesh_config: Path, tmp_path: Path, capsys
         "note: Service imp-shop/httpbin port 5353 is UDP: Istio does not proxy it, not imported",
         "note: Service imp-shop/orphan selects no Deployment, StatefulSet or DaemonSet: not imported",
         "note: Service imp-shop/payments has no selector (ExternalName or hand-written endpoints): not imported",
-        "note: Service imp-shop/reviews selects 2 workloads (Deployment imp-shop/reviews-v1, Deployment "
-        "imp-shop/reviews-v2): imported as one workload with the pods of Deployment imp-shop/reviews-v1",
+        "note: Deployment imp-shop/reviews-v2 is behind Service imp-shop/reviews-canary and Service imp-shop/reviews: "
+        "its pods are imported for each",
         "note: VirtualService imp-shop/httpbin: routing is not modelled, not imported",
-        f"{out} written: 3 namespaces, 10 workloads, 4 policies; check it with `pytest-istio-mtls predict {out}`",
+        f"{out} written: 3 namespaces, 12 workloads, 4 policies; check it with `pytest-istio-mtls predict {out}`",
     ]
     text = out.read_text()
     assert text.splitlines()[:2] == [
@@ -190,6 +191,10 @@ def test_import_reads_what_was_created(mesh_config: Path, tmp_path: Path, capsys
                              [("http", 8000, 8080, "http"), ("metrics", 9090, 9090, "tcp")]),
         "db.imp-shop": ({"app": "db"}, "db", True, [("redis", 6379, 6379, "tcp"), ("postgres", 5432, 5432, "http")]),
         "reviews.imp-shop": ({"app": "reviews", "version": "v1"}, "reviews", True, [("http", 9080, 9080, "http")]),
+        "reviews-canary.imp-shop": ({"app": "reviews", "version": "v2"}, "reviews", False,
+                                    [("http", 9080, 9080, "http")]),
+        # Behind Service reviews too (it serves that Service's ports); its pods are not injected.
+        "reviews-v2.imp-shop": ({"app": "reviews", "version": "v2"}, "reviews", False, [("http", 9080, 9080, "http")]),
         "curl.imp-shop": ({"app": "curl", "sidecar.istio.io/inject": "false"}, "curl", False, []),
         "node-agent.imp-shop": ({"app": "node-agent"}, "default", True, []),
         "web.imp-legacy": ({"app": "web"}, "web", True, [("http", 80, 8080, "http")]),
