@@ -121,7 +121,7 @@ def test_predictions_compare_on_the_oracle_result(tmp_path: Path, monkeypatch: p
     """Two `predict --report` runs: the rows a relaxed policy changes, and only those (every client of
     httpbin.foo without a sidecar: httpbin.legacy counts as a client in a prediction report too)."""
     monkeypatch.chdir(tmp_path)
-    strict = (REPO / "scenarios/03-namespace-strict.yaml").read_text()
+    strict = (REPO / "pytest_istio_mtls/scenarios/03-namespace-strict.yaml").read_text()
     Path("before.yaml").write_text(strict)
     Path("after.yaml").write_text(strict.replace("mode: STRICT", "mode: PERMISSIVE"))
     assert main(["predict", "before.yaml", "--report", "before"]) == 0
