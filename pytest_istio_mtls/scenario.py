@@ -229,12 +229,15 @@ class _Loader:
             names = [w.name for w in workloads if w.namespace == workload.namespace and w.ports
                      and w.ref not in self._joins]
             if owner is None:
-                elsewhere = [w.ref for w in workloads if w.name == service]
-                message = (f"a Service selects pods of its own namespace: {', '.join(elsewhere)} is not in "
-                           f"{workload.namespace}" if elsewhere else f"no workload '{service}' in "
-                           f"{workload.namespace} owns a Service{did_you_mean(service, names)}")
-                check.error(path, f"workload {workload.ref} joins Service '{service}', but {message}",
-                            f"name a workload with ports in {workload.namespace}: {', '.join(names) or '(none)'}")
+                elsewhere = [w for w in workloads if w.name == service]
+                if elsewhere:
+                    check.error(path, f"workload {workload.ref} joins Service '{service}', but a Service selects pods "
+                                f"of its own namespace: {elsewhere[0].ref} is not in {workload.namespace}",
+                                f"put {workload.name} in namespace {elsewhere[0].namespace}")
+                else:
+                    check.error(path, f"workload {workload.ref} joins Service '{service}', but no workload "
+                                f"'{service}' in {workload.namespace} owns a Service{did_you_mean(service, names)}",
+                                f"name a workload with ports in {workload.namespace}: {', '.join(names) or '(none)'}")
                 continue
             if owner.ref in self._joins:
                 check.error(path, f"{owner.ref} itself joins Service '{self._joins[owner.ref][0]}'",
@@ -302,7 +305,7 @@ class _Loader:
                             "a workload with ports has a Service named after it; drop service", key=True)
             elif "ports" in item:
                 check.error((*path, "ports"), f"workload '{name}' joins Service '{item['service']}' and serves "
-                            "its ports",
+                            "that Service's ports, so it declares none of its own",
                             "drop ports here (extra ports the app listens on go under containerPorts)", key=True)
             else:
                 self._joins[f"{name}.{ns_name}"] = (str(item["service"]), (*path, "service"))
@@ -692,9 +695,11 @@ class _Loader:
                         "route to a subset that selects that workload, or name another endpoint")
             return None
         if endpoint is None and len(selected) != 1:
-            what = f"selects {', '.join(e.name for e in selected)}" if selected else "selects no workload"
-            check.error(where, f"subset '{name}' (labels {shown}) {what} behind Service {target.service_ref}",
-                        "add endpoint: <the one that answers>" if selected else
+            choices = [e.name for e in selected]
+            what = f"selects {', '.join(choices)}" if selected else "selects no workload"
+            check.error(where, f"subset '{name}' (labels {shown}) {what} behind Service {target.service_ref}"
+                        + (": say which one answers" if selected else ""),
+                        f"add endpoint: {' or '.join(choices)}" if selected else
                         "check the subset's labels against the workloads' labels")
             return None
         return endpoint or selected[0]
