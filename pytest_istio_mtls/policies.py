@@ -574,8 +574,10 @@ class _AuthzTraps:
 
     def _identity_without_mtls(self) -> None:
         """principals, namespaces, serviceAccounts, trustDomains come from the peer certificate: a plaintext
-        request has none (A5), so on a workload that accepts plaintext an ALLOW rule never lets it in and a
-        DENY rule never stops it."""
+        request has none (A5), so on a workload that accepts plaintext a DENY rule never stops it. (An ALLOW
+        rule never lets it in either, but failing closed is what its author meant: no warning.)"""
+        if self.action != "DENY":
+            return
         found = next(((index, f) for index, raw in _rules(self.spec) for f in _fields(raw)
                       if f.positive and f.attribute in IDENTITY_ATTRIBUTES), None)
         if found is None:
@@ -598,14 +600,9 @@ class _AuthzTraps:
             return
         reasons = why[0] if len(set(why)) == 1 else "; ".join(f"{w}: {r}" for w, r in zip(where, why, strict=True))
         who = f"{_listing(where)} {_verb(workloads, 'accepts', 'accept')} plaintext ({reasons})"
-        if self.action == "ALLOW":
-            effect = "so this ALLOW rule never matches one (it is denied unless another rule allows it)"
-            fix = (f"make {_listing([w.ref for w in workloads])} STRICT (PeerAuthentication mtls.mode: STRICT) if "
-                   "every client is in the mesh")
-        else:
-            effect = "so this DENY rule never matches one: a client that sends plaintext gets past it"
-            fix = (f"make {_listing([w.ref for w in workloads])} STRICT (PeerAuthentication mtls.mode: STRICT), or "
-                   "also deny requests without an identity: from: [{source: {notPrincipals: ['*']}}]")
+        effect = "so this DENY rule never matches one: a client that sends plaintext gets past it"
+        fix = (f"make {_listing([w.ref for w in workloads])} STRICT (PeerAuthentication mtls.mode: STRICT), or "
+               "also deny requests without an identity: from: [{source: {notPrincipals: ['*']}}]")
         self.checker.warn(self._at(index, *field.path),
                           f"rule {index} of {self.policy.ref} matches {field.name}, which need mTLS, but {who}: "
                           f"a plaintext request carries no identity, {effect}", fix, key=True)
