@@ -648,11 +648,14 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
             result = Result.DENIED
         if decision.reason:
             why = f"{why}, then {decision.reason}"
-    elif client.sends == "tls" and target.sidecar and port.protocol == "tcp" and server.mode != "STRICT":
-        # Non-mesh TLS on a TCP port is proxied as TCP (PERMISSIVE's "Plain TLS" chain, DISABLE's plaintext
-        # chain: pilot/pkg/networking/core/filterchain_options.go inboundPermissiveTCPFilterChainMatchWithMxcOptions,
-        # inboundPlainTextTCPFilterChainMatchOptions), so its network RBAC filter judges the connection before
-        # the app fails the handshake (found by crosscheck: tests/unit/data/crosscheck/01-*).
+    elif target.sidecar and port.protocol == "tcp" and (
+            (client.sends == "tls" and server.mode != "STRICT") or (client.sends == "istio-mtls"
+                                                                    and server.mode == "DISABLE")):
+        # TLS the server sidecar does not terminate is proxied as TCP on a TCP port (PERMISSIVE's "Plain TLS" chain
+        # for non-mesh TLS, DISABLE's plaintext chain for any TLS: pilot/pkg/networking/core/filterchain_options.go
+        # inboundPermissiveTCPFilterChainMatchWithMxcOptions, inboundPlainTextTCPFilterChainMatchOptions), so its
+        # network RBAC filter judges the connection before the handshake fails (found by crosscheck:
+        # tests/unit/data/crosscheck/01-*, 02-*).
         decision = authz.evaluate(scenario, target, port, request, None)
         steps.extend(Step(f.rule, f.text) for f in decision.findings)
         if decision.effect == "unknown":

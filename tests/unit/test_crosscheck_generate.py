@@ -198,3 +198,26 @@ def test_the_oracle_agrees_with_each_disagreement_istiod_showed(path: Path) -> N
     for row in scenario.expectations:
         prediction = semantics.predict(scenario, row.source, row.target, row.port, row.request)
         assert prediction.result is row.result, f"{row.pair}: {prediction.reason}"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--count", "0"], "error: --count must be at least 1"),
+    (["--timeout", "0"], "error: --timeout must be a positive number of seconds"),
+])
+def test_the_command_refuses_bad_numbers_before_starting_anything(args: list[str], message: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_istio_mtls.cli import main
+
+    assert main(["crosscheck", *args]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_the_command_is_listed_with_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_istio_mtls.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["crosscheck", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--count N", "--seed S", "--istio-version V", "--out DIR", "--json", "--timeout SECONDS"):
+        assert option in out
+    assert "Exit codes: 0 no disagreement, 1 a disagreement" in " ".join(out.split())
