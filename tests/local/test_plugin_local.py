@@ -450,3 +450,22 @@ def test_a_run_killed_with_sigkill_is_swept_with_one_line(pytester: pytest.Pytes
     result.stdout.fnmatch_lines([f"[[]istio-mtls[]] removed a stale local run: run {run_id}: removed * network "
                                  "namespace*, * process*"])
     assert not leftovers(run_id)
+
+
+def test_a_root_namespace_outside_the_topology_holds_mesh_wide_policies(pytester: pytest.Pytester) -> None:
+    """meshConfig.rootNamespace that no workload lives in (as `import` writes for many clusters) still exists."""
+    pytester.mkdir("scenarios")
+    (pytester.path / "scenarios" / "root.yaml").write_text("""\
+name: other-root
+mesh: {rootNamespace: mesh-root}
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: default, namespace: mesh-root}
+  spec: {mtls: {mode: STRICT}}
+expect:
+  - {from: frontend.app, to: backend.app, result: mtls}
+  - {from: plaintext.legacy, to: backend.app, result: refused}
+""")
+    result = pytester.runpytest_subprocess("--istio-scenarios", "--istio-backend=local", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

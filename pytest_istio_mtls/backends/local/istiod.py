@@ -109,6 +109,10 @@ class IstiodMesh:
                                    "all change; run it in a session of its own")
             self.control.set_mesh(mesh)
             self.mesh = mesh
+        # The root namespace exists in every cluster (istio-system is created at start): policies and the
+        # generation marker go there even when the topology does not name it.
+        if self.kube is not None and self.kube.get("v1", "Namespace", None, mesh.root_namespace) is None:
+            self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": mesh.root_namespace}})
 
     # -- topology ----------------------------------------------------------------------------------------
 
