@@ -379,3 +379,19 @@ def test_the_readme_example_of_directed_rows_is_valid_and_agrees_with_the_oracle
         "curl.legacy+tls-no-cert->httpbin.foo@httpbin:8000"]
     for row in scenario.expectations:
         assert semantics.predict(scenario, row.source, row.target, row.port, row.request).result is row.result
+
+
+def test_pytest_on_the_emulated_control_plane_stops_the_scenario_before_anything_starts(
+        pytester: pytest.Pytester) -> None:
+    """One ERROR naming what needs istiod and the fix, the other rows skipped, nothing started."""
+    builtin = Path(__file__).parents[2] / "pytest_istio_mtls" / "scenarios" / "22-one-service-two-workloads.yaml"
+    pytester.mkdir("scenarios")
+    (pytester.path / "scenarios" / "one.yaml").write_text(builtin.read_text(encoding="utf-8"), encoding="utf-8")
+    result = pytester.runpytest("--istio-scenarios", "--istio-backend=local", "--istio-control-plane=emulated", "-rs")
+    result.assert_outcomes(errors=1, skipped=5)
+    result.stdout.fnmatch_lines([
+        "  observed: ERROR: the local backend cannot run scenario 'one-service-two-workloads': Service httpbin.foo has "
+        "several workloads behind it (httpbin-v2.foo joins it), which needs istiod's own logic (endpoints, routes, "
+        "passthrough and TLS filter chains) that the emulated control plane does not reproduce; fix: run it with "
+        "real istiod (--istio-control-plane=istiod)"])
+    assert "[istio-mtls]" not in result.stdout.str()  # nothing was started or deployed

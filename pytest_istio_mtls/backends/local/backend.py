@@ -807,7 +807,9 @@ class LocalBackend:
             lines = []
             for probe in probes:
                 server = semantics.server_decision(scenario, probe.target, probe.port.target_port)
-                client = semantics.client_decision(scenario, probe.source, probe.target, probe.port)
+                client = (semantics.tls_client_decision(scenario, probe.source, probe.target, probe.port,
+                                                        probe.request.tls) if probe.request.tls else
+                          semantics.client_decision(scenario, probe.source, probe.target, probe.port))
                 lines.append(f"{probe.pair}: server port {probe.port.target_port} configured "
                              f"{server.mode or 'without sidecar'}; client configured to send {client.sends}")
             sections["sidecar configuration"] = "\n".join(lines)
