@@ -340,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crosscheck", help="generate random scenarios, run them on real istiod (local backend) and "
                                           "compare with the oracle; exit 1 on any disagreement (needs root)",
                        description="Measure the oracle against real istiod (docs/crosscheck.md). Exit codes: 0 no "
-                                   "disagreement, 1 a disagreement, 2 wrong usage or no local backend here, 3 rows "
-                                   "that could not be observed.")
+                                   "disagreement, 1 a disagreement, 2 wrong usage or no local backend here, 3 more "
+                                   "rows that could not be observed than --max-error-rate allows.")
     from .crosscheck.cli import add_arguments as add_crosscheck_arguments
 
     add_crosscheck_arguments(p)

@@ -26,16 +26,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="seconds to wait for one backend step (default 60)")
+    parser.add_argument("--max-error-rate", type=float, default=0.01, metavar="FRACTION",
+                        help="exit 3 when more than this fraction of the compared rows could not be observed "
+                             "(infrastructure errors; default 0.01); errors are always listed")
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: no disagreement; 1: a disagreement; 2: wrong usage or no local backend here; 3: some rows could not be
-    observed (infrastructure errors), so the run proves less than it says."""
+    """0: no disagreement; 1: a disagreement; 2: wrong usage or no local backend here; 3: more rows than
+    --max-error-rate allows could not be observed (infrastructure errors), so the run proves less than it says."""
     if args.count < 1:
         print("error: --count must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     if args.timeout <= 0:
         print("error: --timeout must be a positive number of seconds", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 <= args.max_error_rate <= 1:
+        print("error: --max-error-rate must be a fraction between 0 and 1", file=sys.stderr)
         return EXIT_USAGE
     try:
         from . import runner
@@ -62,4 +68,10 @@ def run(args: argparse.Namespace) -> int:
             print(line)
     if summary["disagree"]:
         return EXIT_DISAGREE
-    return EXIT_INCOMPLETE if summary["errors"] else EXIT_AGREE
+    compared = summary["agree"] + summary["disagree"] + summary["errors"]
+    if summary["errors"] > args.max_error_rate * compared:
+        kept = f"their scenarios are in {args.out}/errors" if args.out else "--out DIR keeps their scenarios"
+        print(f"error: {summary['errors']} of {compared} rows could not be observed, more than --max-error-rate "
+              f"{args.max_error_rate:g} allows ({kept})", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_AGREE

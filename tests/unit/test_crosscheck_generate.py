@@ -218,6 +218,7 @@ def test_the_oracle_agrees_with_each_disagreement_istiod_showed(path: Path) -> N
 @pytest.mark.parametrize(("args", "message"), [
     (["--count", "0"], "error: --count must be at least 1"),
     (["--timeout", "0"], "error: --timeout must be a positive number of seconds"),
+    (["--max-error-rate", "2"], "error: --max-error-rate must be a fraction between 0 and 1"),
 ])
 def test_the_command_refuses_bad_numbers_before_starting_anything(args: list[str], message: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,6 +234,7 @@ def test_the_command_is_listed_with_its_options(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         main(["crosscheck", "--help"])
     out = capsys.readouterr().out
-    for option in ("--count N", "--seed S", "--istio-version V", "--out DIR", "--json", "--timeout SECONDS"):
+    for option in ("--count N", "--seed S", "--istio-version V", "--out DIR", "--json", "--timeout SECONDS",
+                   "--max-error-rate FRACTION"):
         assert option in out
     assert "Exit codes: 0 no disagreement, 1 a disagreement" in " ".join(out.split())
