@@ -14,14 +14,17 @@ from pathlib import Path
 from . import semantics
 from ._version import __version__
 from .diagnostics import ScenarioError, did_you_mean, plural
-from .model import Request, Result, Scenario, destination_label
+from .model import CLIENT_TLS, Request, Result, Scenario, client_label, destination_label
 from .report.model import Report, Row, ScenarioReport
 from .scenario import (
+    POD_PREFIX,
     SCENARIO_SUFFIXES,
     Unresolved,
     display_path,
     load_scenario,
     looks_like_scenario,
+    resolve_client_tls,
+    resolve_destination,
     resolve_port,
     resolve_workload,
 )
@@ -147,7 +150,7 @@ def _explain_request(args: argparse.Namespace) -> Request | str:
         headers[name.strip()] = value
     if not args.path.startswith("/"):
         return f"error: --path '{args.path}' must start with '/'\n    fix: write --path /{args.path}"
-    return Request(method=args.method.upper(), path=args.path, headers=headers)
+    return Request(method=args.method.upper(), path=args.path, headers=headers, tls=args.tls or "")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -161,11 +164,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     source = resolve_workload(scenario.topology, args.source)
     if isinstance(source, Unresolved):
         return _explain_error("FROM", args.source, source)
+    if args.tls is not None and isinstance(problem := resolve_client_tls(source, args.tls), Unresolved):
+        return _explain_error("--tls", args.tls, problem)
     target_text, _, port_key = args.target.partition(":")
     target = resolve_workload(scenario.topology, target_text)
-    if isinstance(target, Unresolved):
+    if args.target.startswith(POD_PREFIX) or args.endpoint is not None or args.subset is not None:
+        found = resolve_destination(scenario, source, args.target, args.endpoint, args.subset)  # as a row's
+        if isinstance(found, Unresolved):
+            return _explain_error("TO", args.target, found)
+        target, routed = found
+        ports = [routed]
+    elif isinstance(target, Unresolved):
         return _explain_error("TO", args.target, target)
-    if port_key or not target.ports:
+    elif port_key or not target.ports:
         port = resolve_port(target, port_key or None)
         if isinstance(port, Unresolved):
             return _explain_error("TO", args.target, port)
@@ -189,7 +200,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             return 2
     for port in ports:
         prediction = semantics.predict(scenario, source, target, port, request)
-        print(f"{source.ref} -> {target.ref}:{port.port} (container port {port.target_port}, {port.protocol})")
+        print(f"{client_label(source, request)} -> {destination_label(target, port)}:{port.port} (container port "
+              f"{port.target_port}, {port.protocol})")
         if not request.is_default:
             headers = "; ".join(f"{name}: {value}" for name, value in request.headers.items())
             print(f"  request: {request.label}" + (f" ({headers})" if headers else ""))
@@ -312,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="/headers", help="the request's path (default /headers)")
     p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                    help="a request header; repeat for several")
+    p.add_argument("--endpoint", help="which workload behind the Service answers, as a row's endpoint:")
+    p.add_argument("--subset", help="the DestinationRule subset the client is routed to, as a row's subset:")
+    p.add_argument("--tls", choices=CLIENT_TLS, help="the client speaks TLS itself, as a row's tls:")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("check", help="compare each file's explicit expectations with the oracle")

@@ -36,7 +36,7 @@ from .model import (
     default_topology,
 )
 from .policies import PolicyValidator
-from .validation import Checker, type_name, unquote_fix
+from .validation import DNS_LABEL, Checker, type_name, unquote_fix
 from .yamlpos import Located, block_scalar_offset, load_all, load_one
 
 TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect")
@@ -560,24 +560,23 @@ class _Loader:
                         "write rows like {from: curl.foo, to: httpbin.foo:8000, result: mtls}")
             return None
         source = self._workload_ref(check, (*path, "from"), item["from"], topology)
-        target_text = item["to"]
-        pod = isinstance(target_text, str) and target_text.startswith(POD_PREFIX)
-        if pod:
-            target_text = target_text.removeprefix(POD_PREFIX)
-        port_key: str | None = None
-        if isinstance(target_text, str) and ":" in target_text:
-            target_text, _, port_key = target_text.partition(":")
-        target = self._workload_ref(check, (*path, "to"), target_text, topology)
+        to = item["to"]
+        if not check.text((*path, "to"), to, "a workload reference"):
+            return None
         result_text = item["result"]
         ok = check.choice((*path, "result"), result_text, [r.value for r in EXPECTABLE_RESULTS], "result")
-        tls = self._client_tls(check, path, item, source)
-        if source is None or target is None or not ok or tls is None:
+        if source is None:  # the destination's own problems are still worth reporting
+            target = resolve_workload(topology, to.removeprefix(POD_PREFIX).partition(":")[0])
+            if isinstance(target, Unresolved):
+                check.error((*path, "to"), target.message, target.fix)
             return None
-        if pod:
-            destination = self._pod_destination(check, path, item, source, target, port_key)
-        else:
-            destination = self._service_destination(check, path, item, scenario, source, target, port_key)
-        if destination is None:
+        tls = resolve_client_tls(source, item["tls"]) if "tls" in item else ""
+        destination = resolve_destination(scenario, source, to, item.get("endpoint"), item.get("subset"))
+        for problem in (tls, destination):
+            if isinstance(problem, Unresolved):
+                where = (*path, problem.key) if problem.key else path
+                check.error(where, problem.message, problem.fix, key=problem.at_key)
+        if isinstance(tls, Unresolved) or isinstance(destination, Unresolved) or not ok:
             return None
         target, port = destination
         result = Result(result_text)
@@ -590,120 +589,6 @@ class _Loader:
         return Expectation(source, target, port, result, dataclasses.replace(request, tls=tls), status,
                            check.mark(path))
 
-    def _client_tls(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
-                    source: Workload | None) -> ClientTls | None:
-        """``tls``: the client (no sidecar) opens TLS itself, with no, a foreign or a mesh certificate."""
-        if "tls" not in item:
-            return ""
-        value = item["tls"]
-        if not check.choice((*path, "tls"), value, CLIENT_TLS, "tls"):
-            return None
-        if source is not None and source.sidecar:
-            check.error((*path, "tls"), f"{source.ref} has a sidecar, which carries its connections: a client that "
-                        "speaks TLS itself is a workload without a sidecar",
-                        "use a client with sidecar: false (e.g. in a namespace with sidecars: false)", key=True)
-            return None
-        return next(t for t in CLIENT_TLS if t == value)
-
-    def _pod_destination(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
-                         source: Workload, target: Workload, key: str | None) -> tuple[Workload, Port] | None:
-        """``to: pod/<workload>[:<container port>]``: the pod address, bypassing the Service."""
-        for extra in ("endpoint", "subset"):
-            if extra in item:
-                check.error((*path, extra), f"a pod probe names its pod in 'to'; {extra} applies to Service probes",
-                            f"drop {extra}", key=True)
-                return None
-        if source.sidecar:
-            check.error((*path, "to"), f"{source.ref} has a sidecar: a pod probe comes from a workload without one "
-                        "(a sidecar would send it through its passthrough cluster, which is not modelled)",
-                        "probe the pod from a client with sidecar: false")
-            return None
-        port = resolve_pod_port(target, key)
-        if isinstance(port, Unresolved):
-            check.error((*path, "to"), port.message, port.fix)
-            return None
-        return target, port
-
-    def _service_destination(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
-                             scenario: Scenario, source: Workload, target: Workload,
-                             key: str | None) -> tuple[Workload, Port] | None:
-        """``to: <Service>[:port]``, plus which of its workloads answers (``endpoint``) and the DestinationRule
-        subset the client is routed to (``subset``). The returned workload is the endpoint that answers."""
-        if target.joins:
-            check.error((*path, "to"), f"{target.ref} has no Service of its own: it is an endpoint of "
-                        f"{target.service_ref}", f"write to: {target.service_ref}, endpoint: {target.name}")
-            return None
-        port = self._port_ref(check, (*path, "to"), target, key)
-        if port is None:
-            return None
-        endpoints = scenario.topology.endpoints(target)
-        endpoint: Workload | None = None
-        if "endpoint" in item:
-            name = item["endpoint"]
-            if not check.text((*path, "endpoint"), name, "endpoint"):
-                return None
-            if not target.shared:
-                check.error((*path, "endpoint"), f"{target.ref} is the only workload behind its Service",
-                            "drop endpoint: it names one of several workloads behind a Service", key=True)
-                return None
-            endpoint = next((e for e in endpoints if name in (e.name, e.ref)), None)
-            if endpoint is None:
-                names = [e.name for e in endpoints]
-                check.error((*path, "endpoint"), f"'{name}' is not behind Service {target.service_ref}"
-                            f"{did_you_mean(str(name), names)}", f"its workloads: {', '.join(names)}")
-                return None
-        if "subset" in item:
-            routed = self._subset(check, path, item["subset"], scenario, source, target, endpoints, endpoint)
-            if routed is None:
-                return None
-            endpoint = routed
-            port = dataclasses.replace(port, subset=str(item["subset"]))
-        if endpoint is None and len(endpoints) > 1:
-            names = [e.name for e in endpoints]
-            check.error(path, f"Service {target.service_ref} has {len(endpoints)} workloads behind it "
-                        f"({', '.join(names)}): say which one answers", f"add endpoint: {names[-1]}")
-            return None
-        return endpoint or target, port
-
-    def _subset(self, check: Checker, path: tuple[str | int, ...], name: Any, scenario: Scenario,
-                source: Workload, target: Workload, endpoints: tuple[Workload, ...],
-                endpoint: Workload | None) -> Workload | None:
-        """The endpoint a subset route reaches: the subset must be defined by the DestinationRule that applies to
-        this client and Service, and select the endpoint (or exactly one workload when none is named)."""
-        where = (*path, "subset")
-        if not check.dns_label(where, name, "subset"):
-            return None
-        if not source.sidecar:
-            check.error(where, f"{source.ref} has no sidecar: a subset route configures the client's sidecar, and "
-                        "without one the Service's ClusterIP picks any endpoint", "drop subset, or probe from a "
-                        "workload with a sidecar", key=True)
-            return None
-        rules, _ = semantics.destination_rule_for(scenario, source, target)
-        defined = semantics.subsets(rules)
-        if name not in defined:
-            names = ", ".join(f"{r.namespace}/{r.name}" for r in rules)
-            check.error(where, f"no DestinationRule that applies to {source.ref} → {target.host} defines subset "
-                        f"'{name}'" + (f" ({names} defines {', '.join(defined) or 'no subsets'})" if rules else "")
-                        + did_you_mean(str(name), defined),
-                        "define it under spec.subsets of a DestinationRule for that host")
-            return None
-        labels = defined[name]
-        selected = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
-        shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
-        if endpoint is not None and endpoint not in selected:
-            check.error(where, f"subset '{name}' (labels {shown}) does not select {endpoint.ref}",
-                        "route to a subset that selects that workload, or name another endpoint")
-            return None
-        if endpoint is None and len(selected) != 1:
-            choices = [e.name for e in selected]
-            what = f"selects {', '.join(choices)}" if selected else "selects no workload"
-            check.error(where, f"subset '{name}' (labels {shown}) {what} behind Service {target.service_ref}"
-                        + (": say which one answers" if selected else ""),
-                        f"add endpoint: {' or '.join(choices)}" if selected else
-                        "check the subset's labels against the workloads' labels")
-            return None
-        return endpoint or selected[0]
-
     def _workload_ref(self, check: Checker, path: tuple[str | int, ...], text: Any,
                       topology: Topology) -> Workload | None:
         if not check.text(path, text, "a workload reference"):
@@ -713,14 +598,6 @@ class _Loader:
             check.error(path, workload.message, workload.fix)
             return None
         return workload
-
-    def _port_ref(self, check: Checker, path: tuple[str | int, ...], target: Workload,
-                  key: str | None) -> Port | None:
-        port = resolve_port(target, key)
-        if isinstance(port, Unresolved):
-            check.error(path, port.message, port.fix)
-            return None
-        return port
 
     def _request(self, check: Checker, path: tuple[str | int, ...], raw: Any, port: Port) -> Request | None:
         if raw is None:
@@ -813,6 +690,8 @@ class Unresolved(NamedTuple):
 
     message: str
     fix: str
+    key: str = "to"  # the row key it is about ("": the row itself)
+    at_key: bool = False  # point at the key, not its value
 
 
 def resolve_workload(topology: Topology, text: str) -> Workload | Unresolved:
@@ -832,6 +711,115 @@ def resolve_workload(topology: Topology, text: str) -> Workload | Unresolved:
                           f"write one of {', '.join(w.ref for w in matches)}")
     names = [*refs, *(w.name for w in topology.workloads)]
     return Unresolved(f"unknown workload '{text}'{did_you_mean(text, names)}", f"workloads: {', '.join(refs)}")
+
+
+def resolve_client_tls(source: Workload, value: Any) -> ClientTls | Unresolved:
+    """``tls``: the client (no sidecar) opens TLS itself, with no, a foreign or a mesh certificate."""
+    tls = next((t for t in CLIENT_TLS if t == value), None)
+    if tls is None:
+        return Unresolved(f"invalid tls {value!r}{did_you_mean(str(value), CLIENT_TLS)}",
+                          f"use one of {', '.join(CLIENT_TLS)}", "tls")
+    if source.sidecar:
+        return Unresolved(f"{source.ref} has a sidecar, which carries its connections: a client that speaks TLS itself "
+                          "is a workload without a sidecar",
+                          "use a client with sidecar: false (e.g. in a namespace with sidecars: false)", "tls", True)
+    return tls
+
+
+def resolve_destination(scenario: Scenario, source: Workload, to: str, endpoint: Any = None,
+                        subset: Any = None) -> tuple[Workload, Port] | Unresolved:
+    """Where a row's probe goes and which workload answers it: ``to`` (a Service, or ``pod/<workload>``, and a
+    port), ``endpoint`` (one of several workloads behind the Service) and ``subset`` (a DestinationRule subset the
+    client is routed to). Shared by the loader (rows) and ``explain``."""
+    pod = to.startswith(POD_PREFIX)
+    target_text, _, port_key = to.removeprefix(POD_PREFIX).partition(":")
+    target = resolve_workload(scenario.topology, target_text)
+    if isinstance(target, Unresolved):
+        return target
+    if pod:
+        return _pod_destination(source, target, port_key or None, endpoint, subset)
+    if target.joins:
+        return Unresolved(f"{target.ref} has no Service of its own: it is an endpoint of {target.service_ref}",
+                          f"write to: {target.service_ref}, endpoint: {target.name}")
+    port = resolve_port(target, port_key or None)
+    if isinstance(port, Unresolved):
+        return port
+    endpoints = scenario.topology.endpoints(target)
+    answering: Workload | None = None
+    if endpoint is not None:
+        names = [e.name for e in endpoints]
+        if not isinstance(endpoint, str) or not endpoint:
+            return Unresolved(f"endpoint must be a workload name, not {type_name(endpoint)}",
+                              f"its workloads: {', '.join(names)}", "endpoint")
+        if not target.shared:
+            return Unresolved(f"{target.ref} is the only workload behind its Service",
+                              "drop endpoint: it names one of several workloads behind a Service", "endpoint", True)
+        answering = next((e for e in endpoints if endpoint in (e.name, e.ref)), None)
+        if answering is None:
+            return Unresolved(f"'{endpoint}' is not behind Service {target.service_ref}"
+                              f"{did_you_mean(endpoint, names)}", f"its workloads: {', '.join(names)}", "endpoint")
+    if subset is not None:
+        routed = _subset(scenario, source, target, subset, endpoints, answering)
+        if isinstance(routed, Unresolved):
+            return routed
+        answering, port = routed, dataclasses.replace(port, subset=str(subset))
+    if answering is None and len(endpoints) > 1:
+        names = [e.name for e in endpoints]
+        return Unresolved(f"Service {target.service_ref} has {len(endpoints)} workloads behind it "
+                          f"({', '.join(names)}): say which one answers", f"add endpoint: {names[-1]}", "")
+    return answering or target, port
+
+
+def _pod_destination(source: Workload, target: Workload, key: str | None, endpoint: Any,
+                     subset: Any) -> tuple[Workload, Port] | Unresolved:
+    """``to: pod/<workload>[:<container port>]``: the pod address, bypassing the Service."""
+    for extra, value in (("endpoint", endpoint), ("subset", subset)):
+        if value is not None:
+            return Unresolved(f"a pod probe names its pod in 'to'; {extra} applies to Service probes",
+                              f"drop {extra}", extra, True)
+    if source.sidecar:
+        return Unresolved(f"{source.ref} has a sidecar: a pod probe comes from a workload without one (a sidecar "
+                          "would send it through its passthrough cluster, which is not modelled)",
+                          "probe the pod from a client with sidecar: false")
+    port = resolve_pod_port(target, key)
+    return port if isinstance(port, Unresolved) else (target, port)
+
+
+def _subset(scenario: Scenario, source: Workload, target: Workload, name: Any, endpoints: tuple[Workload, ...],
+            endpoint: Workload | None) -> Workload | Unresolved:
+    """The endpoint a subset route reaches: the subset must be defined by the DestinationRule that applies to this
+    client and Service, and select the endpoint (or exactly one workload when none is named)."""
+    if not isinstance(name, str) or not DNS_LABEL.match(name):
+        return Unresolved(f"subset must be a subset's name, not {name!r}", "write the name of a DestinationRule "
+                          "subset, e.g. subset: v2", "subset")
+    if not source.sidecar:
+        return Unresolved(f"{source.ref} has no sidecar: a subset route configures the client's sidecar, and without "
+                          "one the Service's ClusterIP picks any endpoint",
+                          "drop subset, or probe from a workload with a sidecar", "subset", True)
+    rules, _ = semantics.destination_rule_for(scenario, source, target)
+    defined = semantics.subsets(rules)
+    if name not in defined:
+        names = ", ".join(f"{r.namespace}/{r.name}" for r in rules)
+        return Unresolved(f"no DestinationRule that applies to {source.ref} → {target.host} defines subset '{name}'"
+                          + (f" ({names} defines {', '.join(defined) or 'no subsets'})" if rules else "")
+                          + did_you_mean(name, defined),
+                          "define it under spec.subsets of a DestinationRule for that host", "subset")
+    labels = defined[name]
+    selected = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
+    shown = ", ".join(f"{k}={v}" for k, v in labels.items()) or "none"
+    if endpoint is not None and endpoint not in selected:
+        return Unresolved(f"subset '{name}' (labels {shown}) does not select {endpoint.ref}",
+                          "route to a subset that selects that workload, or name another endpoint", "subset")
+    if endpoint is None and len(selected) != 1:
+        choices = [e.name for e in selected]
+        if not choices:
+            return Unresolved(f"subset '{name}' (labels {shown}) selects no workload behind Service "
+                              f"{target.service_ref}", "check the subset's labels against the workloads' labels",
+                              "subset")
+        return Unresolved(f"subset '{name}' (labels {shown}) selects {', '.join(choices)} behind Service "
+                          f"{target.service_ref}: say which one answers", f"add endpoint: {' or '.join(choices)}",
+                          "subset")
+    return endpoint or selected[0]
 
 
 def resolve_pod_port(target: Workload, key: str | None) -> Port | Unresolved:

@@ -168,3 +168,24 @@ def test_only_the_local_backend_with_istiod_runs_pod_probes(tmp_path: Path) -> N
     refusal = unsupported(scenario, "kind")
     assert refusal is not None and refusal.startswith("row curl.legacy->pod/dashboard.foo:3000 probes a pod address: "
                                                       "the kind backend does not direct probes like this yet")
+
+
+def test_explain_takes_a_pod_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_istio_mtls.cli import main
+
+    load(tmp_path, TOPOLOGY + STRICT_HTTPBIN + "expect: derived\n")
+    assert main(["explain", str(tmp_path / "s.yaml"), "curl.legacy", "pod/httpbin.foo:9090"]) == 0
+    assert capsys.readouterr().out == (
+        "curl.legacy -> pod/httpbin.foo:9090 (container port 9090, http)\n"
+        "  result: plaintext\n"
+        "  reason: pod/httpbin.foo:9090 is DISABLE by PeerAuthentication foo/httpbin portLevelMtls[9090]; curl.legacy "
+        "has no sidecar and sends plaintext → plaintext (DISABLE accepts plaintext)\n"
+        "  decision chain:\n"
+        "    1. [P1] PeerAuthentication foo/httpbin (workload) sets STRICT\n"
+        "    2. [P5] PeerAuthentication foo/httpbin portLevelMtls[9090] sets DISABLE for container port 9090\n"
+        "    3. [P6] the client dials the pod of httpbin.foo at container port 9090, bypassing the Service: the pod's "
+        "inbound capture still hands it to the sidecar\n"
+        "    4. [P5] no Service declares container port 9090: Istio's passthrough filter chains serve it with the "
+        "workload's mode, or a portLevelMtls entry for that port (a per-port passthrough chain)\n"
+        "    5. [O5] curl.legacy has no sidecar: it sends exactly what the app sends (plaintext)\n"
+        "    6. [X1] DISABLE accepts plaintext: the request succeeds unencrypted\n")

@@ -395,3 +395,25 @@ def test_pytest_on_the_emulated_control_plane_stops_the_scenario_before_anything
         "passthrough and TLS filter chains) that the emulated control plane does not reproduce; fix: run it with "
         "real istiod (--istio-control-plane=istiod)"])
     assert "[istio-mtls]" not in result.stdout.str()  # nothing was started or deployed
+
+
+def test_explain_takes_a_rows_endpoint_and_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_istio_mtls.cli import main
+
+    load(tmp_path, TOPOLOGY + dr(SUBSETS) + "expect: derived\n")
+    file = str(tmp_path / "s.yaml")
+    assert main(["explain", file, "curl.foo", "httpbin.foo:8000", "--subset", "v2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["curl.foo -> httpbin.foo/v2@httpbin-v2:8000 (container port 8080, http)",
+                         "  result: unavailable",
+                         "  reason: httpbin-v2.foo has no sidecar and accepts plaintext; curl.foo sends Istio mTLS "
+                         "(DestinationRule foo/httpbin subsets[v2].trafficPolicy.tls mode ISTIO_MUTUAL) → unavailable "
+                         "(httpbin-v2.foo cannot terminate mTLS; the client sidecar's upstream connection fails and it "
+                         "answers 503)"]
+    assert main(["explain", file, "curl.foo", "httpbin.foo:8000", "--endpoint", "httpbin-v2"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "curl.foo -> httpbin.foo@httpbin-v2:8000 (container port 8080, http)", "  result: plaintext"]
+    assert main(["explain", file, "curl.foo", "httpbin.foo:8000", "--endpoint", "httpbin-v9"]) == 2
+    assert capsys.readouterr().err.splitlines()[-2:] == [  # after the warnings about the subsets nobody routes to
+        "error: TO 'httpbin.foo:8000': 'httpbin-v9' is not behind Service httpbin.foo; did you mean 'httpbin-v2'?",
+        "    fix: its workloads: httpbin, httpbin-v2"]

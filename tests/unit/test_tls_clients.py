@@ -239,3 +239,19 @@ def test_a_refused_tls_client_is_proven_by_the_server_sidecars_tls_counter(tmp_p
                                "server sidecar listener.0.0.0.0_15006.ssl.fail_verify_no_cert +1"]
     silent = Observation(observation.probe, error="tls", evidence=Evidence(server_proxy=ProxyEvidence("strict.foo")))
     assert decide(silent).result is None  # a TLS failure nothing on the server side recorded proves nothing
+
+
+def test_explain_takes_a_rows_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_istio_mtls.cli import main
+
+    load(tmp_path, TOPOLOGY + "expect: derived\n")
+    file = str(tmp_path / "s.yaml")
+    assert main(["explain", file, "curl.legacy", "strict.foo:8000", "--tls", "foreign-cert"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        "curl.legacy+tls-foreign-cert -> strict.foo:8000 (container port 8080, http)", "  result: refused",
+        "  reason: strict.foo:8000 (container port 8080) is STRICT by PeerAuthentication foo/strict (workload); "
+        "curl.legacy opens TLS itself with a client certificate from a foreign CA → refused (the client certificate "
+        "does not chain to the mesh root: the server sidecar fails the handshake)"]
+    assert main(["explain", file, "curl.foo", "strict.foo:8000", "--tls", "no-cert"]) == 2
+    assert capsys.readouterr().err.startswith("error: --tls 'no-cert': curl.foo has a sidecar, which carries its "
+                                              "connections")
