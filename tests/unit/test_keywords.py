@@ -64,3 +64,26 @@ def test_keywords_do_not_change_the_ids(project: pytest.Pytester) -> None:
     result = project.runpytest("--istio-scenarios", "--co", "-q")
     result.stdout.fnmatch_lines([UNAVAILABLE, REFUSED, PLAINTEXT, MTLS, ALLOWED, "", "5 tests collected in *"],
                                 consecutive=True)
+
+
+AUTHZ = """
+name: only-frontend
+policies: |
+  apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: backend, namespace: app}
+  spec: {selector: {matchLabels: {app: backend}}, rules: [{from: [{source: {principals: ["*"]}}]}]}
+expect:
+  - {from: frontend, to: backend, result: mtls}
+"""
+
+
+def test_unsupported_names_the_rows_the_chosen_backend_would_refuse(project: pytest.Pytester) -> None:
+    """`-k "not unsupported"` leaves out, and counts as deselected, what the chosen backend cannot run."""
+    (project.path / "scenarios" / "authz.yaml").write_text(AUTHZ)
+    emulated = project.runpytest("--istio-scenarios", "--istio-backend=local", "--istio-control-plane=emulated",
+                                 "-k", "unsupported", "--co", "-q")
+    emulated.stdout.fnmatch_lines(["scenarios/authz.yaml::only-frontend::frontend.app->backend.app:8080", "",
+                                   "1/6 tests collected (5 deselected)*"], consecutive=True)
+    istiod = project.runpytest("--istio-scenarios", "--istio-backend=local", "-k", "not unsupported", "--co", "-q")
+    istiod.stdout.fnmatch_lines(["6 tests collected*"])
