@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -122,7 +123,8 @@ class Disagreement(Exception):
 
 @dataclass
 class Totals:
-    scenarios: int = 0  # generated scenarios checked (shrinking and reduction runs are not counted)
+    generated: int = 0  # scenarios Hypothesis generated while exploring (a few are duplicates)
+    scenarios: int = 0  # distinct generated scenarios checked: the rows counted are theirs
     runs: int = 0  # every scenario run on the backend, shrinking and reduction included
     rows: Counter[str] = field(default_factory=Counter)
     results: Counter[str] = field(default_factory=Counter)  # observed results of compared rows: the coverage
@@ -180,7 +182,8 @@ class Crosscheck:
         self.started = 0.0
         self.versions: dict[str, str] = {}
         self._memo: dict[str, Checked] = {}
-        self._workdir = Path(tempfile.mkdtemp(prefix="pytest-istio-mtls-crosscheck-"))
+        self._explored: set[str] = set()  # memo keys of the scenarios counted while exploring
+        self._workdir: Path | None = None
         self.observer = observer  # None: the local backend with real istiod
         self.predict = predict
         self._active: Observer | None = None
@@ -189,6 +192,7 @@ class Crosscheck:
 
     def run(self) -> None:
         observer = self.observer or LocalObserver(LocalBackend(self.settings, self._backend_progress))
+        self._workdir = Path(tempfile.mkdtemp(prefix="pytest-istio-mtls-crosscheck-"))
         try:
             self.versions = observer.start()
             self.started = time.monotonic()  # rates are about checking: the control plane's start is not in them
@@ -201,6 +205,7 @@ class Crosscheck:
                 self._topology(index, len(pool), topology, share)
         finally:
             self._active = None
+            shutil.rmtree(self._workdir, ignore_errors=True)
             problems = observer.stop()
             if problems:
                 self.progress(problems)
@@ -220,6 +225,11 @@ class Crosscheck:
         seen: list[str] = []
 
         def explore(checked: Checked) -> None:
+            self.totals.generated += 1
+            key = _memo_key(checked.doc)
+            if key in self._explored:  # the same scenario again (from other choices): nothing new to count
+                return
+            self._explored.add(key)
             self.totals.scenarios += 1
             for row in checked.rows:
                 self.totals.rows[row.status] += 1
@@ -295,7 +305,7 @@ class Crosscheck:
 
     def check(self, doc: generate.Doc, *, fresh: bool = False) -> Checked:
         """Predict and observe every row of one scenario (remembered: Hypothesis replays scenarios)."""
-        key = yaml.safe_dump(doc, sort_keys=True)
+        key = _memo_key(doc)
         if not fresh and key in self._memo:
             return self._memo[key]
         checked = self._observe(doc)
@@ -330,6 +340,7 @@ class Crosscheck:
 
     def load(self, doc: Mapping[str, Any]) -> Scenario:
         """The generated document through the scenario loader, exactly as a file would be read."""
+        assert self._workdir is not None, "load() runs inside run()"
         path = self._workdir / "scenario.yaml"
         path.write_text(dump(generate.with_results(doc, {})), encoding="utf-8")
         try:
@@ -344,7 +355,7 @@ class Crosscheck:
     def _report(self, checked: Checked) -> None:
         rows = self.totals.rows
         minutes = max(time.monotonic() - self.started, 1e-9) / 60
-        self.progress(f"[{self.totals.scenarios}/{self.count}] {plural(len(checked.rows), 'row')}: "
+        self.progress(f"[{self.totals.generated}/{self.count}] {plural(len(checked.rows), 'row')}: "
                       f"{_counts(Counter(r.status for r in checked.rows))} | total "
                       f"{plural(sum(rows.values()), 'row')}, {plural(rows['disagree'], 'disagreement')}, "
                       f"{plural(rows['error'], 'error')}, {self.totals.scenarios / minutes:.1f} scenarios/min, "
@@ -395,7 +406,7 @@ class Crosscheck:
         minutes = max(elapsed, 1e-9) / 60
         return {
             "seed": self.seed, "count": self.count, "versions": self.versions,
-            "scenarios": self.totals.scenarios, "backend_runs": self.totals.runs,
+            "scenarios": self.totals.scenarios, "generated": self.totals.generated, "backend_runs": self.totals.runs,
             "rows": sum(rows.values()), "agree": rows["agree"], "disagree": rows["disagree"],
             "unknown": rows["unknown"], "errors": rows["error"], "error_examples": self.totals.errors,
             "observed": {r.value: self.totals.results[r.value] for r in CONCRETE_RESULTS},
@@ -456,6 +467,10 @@ def dump(doc: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=None, width=120, allow_unicode=True)
 
 
+def _memo_key(doc: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(doc), sort_keys=True)
+
+
 def _key(pair: str) -> str:
     """A pair id without its request part (``:METHOD:/path``): a generated scenario has one request."""
     match = re.match(r"^(.*?->.*?:\d+)", pair)
@@ -471,7 +486,8 @@ def render(summary: Mapping[str, Any]) -> Iterator[str]:
     """The summary table printed at the end of a run."""
     istio = summary["versions"].get("istiod", "?")
     yield f"crosscheck --seed {summary['seed']} --count {summary['count']} against istiod {istio}"
-    yield f"  {'scenarios':<14}{summary['scenarios']:>8}   ({summary['backend_runs']} backend runs, shrinking included)"
+    yield (f"  {'scenarios':<14}{summary['scenarios']:>8}   ({summary['generated']} generated, "
+           f"{summary['backend_runs']} backend runs with shrinking)")
     yield f"  {'rows':<14}{summary['rows']:>8}"
     for name in ("agree", "disagree", "unknown", "errors"):
         yield f"  {'  ' + name:<14}{summary[name]:>8}"

@@ -35,7 +35,7 @@ def test_the_command_checks_generated_scenarios_and_prints_its_figures(pytester:
         "[[]3/3] * rows: * | total * rows, 0 disagreements, 0 errors, * scenarios/min, * rows/min",
     ])
     summary = json.loads(result.stdout.str())
-    assert summary["scenarios"] == 3 and summary["disagree"] == 0 and summary["errors"] == 0
+    assert summary["generated"] == 3 and summary["disagree"] == 0 and summary["errors"] == 0
     assert summary["rows"] == summary["agree"] + summary["unknown"] > 0
     assert sum(summary["observed"].values()) == summary["agree"]
     assert summary["versions"]["control_plane"] == "istiod"
