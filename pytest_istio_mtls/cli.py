@@ -76,36 +76,45 @@ def _load_all(paths: Sequence[str]) -> tuple[list[Scenario], int]:
 
 
 def prediction_report(scenarios: Sequence[Scenario]) -> Report:
-    """A report of what the oracle predicts for every pair (rows carry the file's expectation, if any)."""
+    """A report of what the oracle predicts for every pair (rows carry the file's expectation, if any); a
+    scenario with steps has each step's rows."""
+    from .run import step_report
+
     report = Report(backend="predict")
     for scenario in scenarios:
-        expected = {(e.client, e.destination, e.port.port): e for e in scenario.expectations
-                    if e.request.is_default}
-        rows = []
-        for prediction in semantics.predict_all(scenario):
-            target = destination_label(prediction.target, prediction.port)
-            exp = expected.get((prediction.source.ref, target, prediction.port.port))
-            rows.append(Row(
-                source=prediction.source.ref, target=target, port=prediction.port.port,
-                predicted=prediction.result.value, reason=prediction.reason, status="predicted",
-                expected=exp.result.value if exp is not None else None,
-            ))
-        report.scenarios.append(ScenarioReport(
-            name=scenario.name, file=display_path(scenario.path), description=scenario.description, rows=rows,
-            policies=[p.ref for p in scenario.policies], warnings=[str(w) for w in scenario.warnings],
-        ))
+        entry = ScenarioReport(name=scenario.name, file=display_path(scenario.path), description=scenario.description,
+                               warnings=[str(w) for w in scenario.warnings])
+        for state in scenario.states():
+            expected = {(e.client, e.destination, e.port.port): e for e in state.expectations
+                        if e.request.is_default}
+            for prediction in semantics.predict_all(state):
+                target = destination_label(prediction.target, prediction.port)
+                exp = expected.get((prediction.source.ref, target, prediction.port.port))
+                entry.rows.append(Row(
+                    source=prediction.source.ref, target=target, port=prediction.port.port,
+                    predicted=prediction.result.value, reason=prediction.reason, status="predicted",
+                    expected=exp.result.value if exp is not None else None, step=state.step,
+                ))
+            entry.policies = list(dict.fromkeys([*entry.policies, *(p.ref for p in state.policies)]))
+            if state.current is not None:
+                entry.steps.append(step_report(state.current))
+        report.scenarios.append(entry)
     return report
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     scenarios, failed = _load_all(args.files)
     for scenario in scenarios:
-        counts = f"{plural(len(scenario.expectations), 'expectation')}, {plural(len(scenario.policies), 'policy')}"
+        states = scenario.states()
+        policies = {p.ref for state in states for p in state.policies}
+        counts = (f"{plural(len(scenario.steps), 'step')}, " if scenario.steps else "") + (
+            f"{plural(sum(len(s.expectations) for s in states), 'expectation')}, {plural(len(policies), 'policy')}")
         cannot = None
         if args.backend is not None:
             from .backends.support import unsupported
 
-            cannot = unsupported(scenario, args.backend, args.control_plane)
+            cannot = next((f"step {state.step}: {why}" if state.step else why for state in states
+                           if (why := unsupported(state, args.backend, args.control_plane)) is not None), None)
         if cannot is None:
             print(f"{display_path(scenario.path)}: ok ({scenario.name}: {counts})")
         else:  # valid, but this backend would stop it before deploying anything
@@ -118,10 +127,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     scenarios, failed = _load_all(args.files)
-    if args.json:  # JSON Lines: one {scenario, rows} per file, the same shape however many files
+    if args.json:  # JSON Lines: one {scenario, rows} per file (per step: {scenario, step, rows}), however many
         for scenario in scenarios:
-            rows = [p.as_row() for p in semantics.predict_all(scenario)]
-            print(json.dumps({"scenario": scenario.name, "rows": rows}, ensure_ascii=False))
+            for state in scenario.states():
+                rows = [p.as_row() for p in semantics.predict_all(state)]
+                step = {"step": state.step} if state.step else {}
+                print(json.dumps({"scenario": scenario.name, **step, "rows": rows}, ensure_ascii=False))
     elif scenarios:
         from .report.terminal import render
 
@@ -161,6 +172,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     scenario = _load(args.file)
     if scenario is None:
         return 1
+    names = [step.name for step in scenario.steps]
+    if args.step is not None and not names:
+        print(f"error: --step {args.step}: {args.file} has no steps\n    fix: drop --step", file=sys.stderr)
+        return 2
+    if names:
+        chosen = next((s for s in scenario.steps if s.name == args.step), None)
+        if chosen is None:
+            why = (f"--step {args.step}: no such step in {args.file}{did_you_mean(args.step, names)}"
+                   if args.step is not None else f"{args.file} has steps: say which one's policies decide")
+            print(f"error: {why}\n    fix: add --step with one of {', '.join(names)}", file=sys.stderr)
+            return 2
+        scenario = scenario.at(chosen)
+        print(f"step {chosen.number} {chosen.name}: " + (", ".join(p.ref for p in scenario.policies) or "no policies")
+              + " in force")
     source = resolve_workload(scenario.topology, args.source)
     if isinstance(source, Unresolved):
         return _explain_error("FROM", args.source, source)
@@ -218,16 +243,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     status = 1 if failed else 0
     for scenario in scenarios:
         agree = disagree = unknown = 0
-        for exp in scenario.expectations:
-            prediction = semantics.predict(scenario, exp.source, exp.target, exp.port, exp.request)
+        for state, exp in ((s, e) for s in scenario.states() for e in s.expectations):
+            prediction = semantics.predict(state, exp.source, exp.target, exp.port, exp.request)
+            row = f"{state.step}::{exp.pair}" if state.step else exp.pair  # as the pytest id ends
             if prediction.result is Result.UNKNOWN:
                 unknown += 1
-                print(f"{exp.mark}: note: {exp.pair}: the oracle cannot check this row: {prediction.reason}")
+                print(f"{exp.mark}: note: {row}: the oracle cannot check this row: {prediction.reason}")
             elif exp.result.covers(prediction.result):
                 agree += 1
             else:
                 disagree += 1
-                print(f"{exp.mark}: disagreement: {exp.pair} expects {exp.result.value}, the oracle predicts "
+                print(f"{exp.mark}: disagreement: {row} expects {exp.result.value}, the oracle predicts "
                       f"{prediction.result.value}: {prediction.reason}")
         print(f"{display_path(scenario.path)}: {plural(agree, 'agrees', 'agree')}, "
               f"{plural(disagree, 'disagrees', 'disagree')}, {unknown} not predictable")
@@ -327,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="which workload behind the Service answers, as a row's endpoint:")
     p.add_argument("--subset", help="the DestinationRule subset the client is routed to, as a row's subset:")
     p.add_argument("--tls", choices=CLIENT_TLS, help="the client speaks TLS itself, as a row's tls:")
+    p.add_argument("--step", metavar="NAME", help="in a scenario with steps: the step whose policies are in force")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("check", help="compare each file's explicit expectations with the oracle")

@@ -7,7 +7,7 @@ reports read the same objects. Workloads are referred to as ``name.namespace`` l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -278,6 +278,7 @@ class Expectation:
     status: int | None = None
     mark: Mark | None = None
     reason: str = ""  # for derived rows: the oracle's reason
+    yaml_path: tuple[str | int, ...] = ()  # where the row is written in the file; () for a derived row
 
     @property
     def pair(self) -> str:
@@ -293,6 +294,30 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One policy state of a scenario with ``steps:``: the policies in force once this step's changes are
+    applied to the previous step's (the first step's to the scenario's own ``policies``), and its expectations."""
+
+    name: str
+    number: int  # 1-based, in file order
+    policies: tuple[Policy, ...]
+    expectations: tuple[Expectation, ...]
+    derived: bool = False
+    description: str = ""
+    added: tuple[str, ...] = ()  # refs ("Kind ns/name") of the policies this step adds...
+    changed: tuple[str, ...] = ()  # ...replaces with a different manifest...
+    removed: tuple[str, ...] = ()  # ...and removes
+    mark: Mark | None = None
+
+    @property
+    def changes(self) -> str:
+        """``added X; removed Y`` for people ("" when the step changes nothing)."""
+        parts = [f"{what} {', '.join(refs)}" for what, refs in
+                 (("added", self.added), ("changed", self.changed), ("removed", self.removed)) if refs]
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: Path
@@ -303,9 +328,33 @@ class Scenario:
     expectations: tuple[Expectation, ...] = ()
     derived: bool = False
     warnings: tuple[Diagnostic, ...] = ()
+    steps: tuple[Step, ...] = ()  # a scenario with steps probes each step's state, not its own policies
+    step: str = ""  # a scenario at one of its steps (``at``): the step's name; ``name`` is then "<scenario>/<step>"
 
     def policies_of(self, kind: str) -> tuple[Policy, ...]:
         return tuple(p for p in self.policies if p.kind == kind)
+
+    @property
+    def scenario_name(self) -> str:
+        """The scenario's own name (``name`` of a scenario at a step names the step too, for backends'
+        messages and capture directories)."""
+        return self.name.removesuffix(f"/{self.step}") if self.step else self.name
+
+    def at(self, step: Step) -> Scenario:
+        """This scenario in ``step``'s state: its policies and expectations, the steps kept for reports."""
+        return replace(self, name=f"{self.scenario_name}/{step.name}", step=step.name, policies=step.policies,
+                       expectations=step.expectations, derived=step.derived)
+
+    def states(self) -> tuple[Scenario, ...]:
+        """What runs: the scenario itself, or the scenario at each of its steps."""
+        if not self.steps or self.step:
+            return (self,)
+        return tuple(self.at(step) for step in self.steps)
+
+    @property
+    def current(self) -> Step | None:
+        """The step a scenario at a step is at (None otherwise)."""
+        return next((s for s in self.steps if s.name == self.step), None) if self.step else None
 
 
 def default_topology() -> Topology:

@@ -1,8 +1,9 @@
 """pytest hooks, collection and fixtures. Thin on purpose: the work lives in the modules it calls.
 
 ``pytest --istio-scenarios`` collects one item per expectation row, ``file.yaml::NAME::FROM->TO:PORT``
-(``...:PORT:METHOD:/path`` for a non-default request). Nothing here starts a mesh until the first item
-runs, so ``--help``, ``--fixtures`` and ``--collect-only`` never need one.
+(``...:PORT:METHOD:/path`` for a non-default request; ``file.yaml::NAME::STEP::FROM->TO:PORT`` in a scenario
+with steps). Nothing here starts a mesh until the first item runs, so ``--help``, ``--fixtures`` and
+``--collect-only`` never need one.
 """
 
 from __future__ import annotations
@@ -153,18 +154,43 @@ class ScenarioFile(pytest.File):
 class ScenarioNode(pytest.Collector):
     scenario: Scenario
 
+    def collect(self) -> Iterator[ProbeItem | StepNode]:
+        if self.scenario.steps:
+            for step in self.scenario.steps:
+                node = StepNode.from_parent(self, name=step.name)
+                node.scenario = self.scenario.at(step)  # one object per step: its items are probed as one batch
+                yield node
+            return
+        yield from probe_items(self, self.scenario)
+
+
+class StepNode(pytest.Collector):
+    """One step of a scenario with steps: its rows, probed once the step's policies are in force."""
+
+    scenario: Scenario
+
     def collect(self) -> Iterator[ProbeItem]:
-        for expectation in self.scenario.expectations:
-            item = ProbeItem.from_parent(self, name=expectation.pair)
-            item.scenario = self.scenario
-            item.expectation = expectation
-            item.add_marker("istio_scenario")
-            # `-k refused`, `-k blocked`, `-k DestinationRule`: the expected result (and allowed/blocked, which
-            # a concrete one falls under) and the kinds of the policies in force select rows by meaning.
-            result = expectation.result
-            item.extra_keyword_matches.update({result.value, *(r.value for r in COARSE if r.covers(result)),
-                                               *(p.kind for p in self.scenario.policies)})
-            yield item
+        yield from probe_items(self, self.scenario)
+
+
+def probe_items(parent: pytest.Collector, scenario: Scenario) -> Iterator[ProbeItem]:
+    from .backends.support import unsupported
+
+    settings = parent.config.stash[SETTINGS_KEY]
+    cannot_run = unsupported(scenario, settings.backend, settings.control_plane) is not None
+    for expectation in scenario.expectations:
+        item = ProbeItem.from_parent(parent, name=expectation.pair)
+        item.scenario = scenario
+        item.expectation = expectation
+        item.add_marker("istio_scenario")
+        # `-k refused`, `-k blocked`, `-k DestinationRule`: the expected result (and allowed/blocked, which
+        # a concrete one falls under) and the kinds of the policies in force select rows by meaning.
+        result = expectation.result
+        item.extra_keyword_matches.update({result.value, *(r.value for r in COARSE if r.covers(result)),
+                                           *(p.kind for p in scenario.policies)})
+        if cannot_run:  # `-k "not unsupported"`: leave out, visibly, what the chosen backend refuses
+            item.extra_keyword_matches.add("unsupported")
+        yield item
 
 
 class ProbeItem(pytest.Item):
@@ -218,7 +244,7 @@ class ProbeItem(pytest.Item):
         # Not a suffix of the node id, so `pytest -v` prints the node id as is (a suffix would get its dots
         # turned into `::`); it heads the item's failure section.
         line = self.expectation.mark.line - 1 if self.expectation.mark else None
-        return self.path, line, f"{self.scenario.name}: {self.name}"
+        return self.path, line, f"{self.scenario.name}: {self.name}"  # a step's scenario name names the step
 
 
 @pytest.hookimpl(tryfirst=True)

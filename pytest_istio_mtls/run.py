@@ -2,32 +2,55 @@
 
 pytest items ask for their outcome; the first item of a scenario triggers the whole scenario's
 batch (deploy → apply → probe every selected row), so a scenario costs one policy switch
-however many rows it has. The report holds what pytest reported: every collected row appears, and
-a row pytest never ran (interrupted, ``-x``, a kept earlier scenario) is ``not run``, so the truth
-table's counts agree with pytest's. Probes made through the ``istio_probe`` fixture appear as rows
-of a pseudo-scenario named after their test.
+however many rows it has. A scenario with steps is one batch per step on one deployment: each step
+switches the policies live (the backend confirms them on every proxy), then probes that step's rows.
+The report holds what pytest reported: every collected row appears, and a row pytest never ran
+(interrupted, ``-x``, a kept earlier scenario) is ``not run``, so the truth table's counts agree with
+pytest's. Probes made through the ``istio_probe`` fixture appear as rows of a pseudo-scenario named
+after their test.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from . import backends, semantics
 from .backends import Backend, BackendError, BackendUnavailable, Progress, support
 from .diagnostics import plural
-from .model import Expectation, Result, Scenario
+from .model import Expectation, Result, Scenario, Step
 from .observation import Observation, Probe
 from .options import Settings
-from .report.model import Report, Row, RowStatus, ScenarioReport
+from .report.model import Report, Row, RowStatus, ScenarioReport, StepReport
 from .scenario import display_path
 from .semantics import Prediction
 from .verdict import Verdict, decide
 
 Status = Literal["correct", "wrong", "error", "not run"]
-RowKey = tuple[str, str]  # (scenario file, pair id)
+RowKey = tuple[str, str]  # (scenario key, pair id)
+
+
+def scenario_key(scenario: Scenario) -> str:
+    """What one batch runs: a scenario file, or one step of it (``file::step``)."""
+    return str(scenario.path) + (f"::{scenario.step}" if scenario.step else "")
+
+
+def title(scenario: Scenario) -> str:
+    """``scenario NAME`` or ``scenario NAME, step STEP``, as progress lines and messages name a batch."""
+    return f"scenario {scenario.scenario_name}" + (f", step {scenario.step}" if scenario.step else "")
+
+
+def quoted(scenario: Scenario) -> str:
+    """``scenario 'NAME'`` or ``scenario 'NAME' at step 'STEP'``, in messages about a whole batch."""
+    return f"scenario '{scenario.scenario_name}'" + (f" at step '{scenario.step}'" if scenario.step else "")
+
+
+def step_report(step: Step) -> StepReport:
+    return StepReport(name=step.name, number=step.number, description=step.description,
+                      policies=[p.ref for p in step.policies], added=list(step.added), changed=list(step.changed),
+                      removed=list(step.removed))
 
 
 @dataclass
@@ -62,7 +85,7 @@ class Outcome:
         """The failure text: expected vs observed, why it was expected, the evidence (and diagnostics,
         which pytest items show as report sections instead)."""
         exp = self.expectation
-        lines = [f"{exp.pair} in scenario {self.scenario.name}"]
+        lines = [f"{exp.pair} in {title(self.scenario)}"]
         expected = exp.result.value + (f" (HTTP {exp.status})" if exp.status is not None else "")
         lines.append(f"  expected: {expected}")
         if self.not_run:
@@ -84,8 +107,8 @@ class Outcome:
         if self.observation is not None:
             lines.append("  evidence:")
             lines.extend(f"    {line}" for line in self.observation.evidence.summary() or ["(none recorded)"])
-        for title, text in self.diagnostics.items() if diagnostics else ():
-            lines.append(f"  --- {title} ---")
+        for heading, text in self.diagnostics.items() if diagnostics else ():
+            lines.append(f"  --- {heading} ---")
             lines.extend("    " + line for line in text.rstrip().splitlines())
         return "\n".join(lines)
 
@@ -101,7 +124,7 @@ class Outcome:
             predicted=self.prediction.result.value, reason=self.prediction.reason, status=status,
             message="" if status == "correct" else self.not_run or self.message(),
             because=list(self.verdict.because) if self.verdict is not None else [],
-            evidence=obs.to_json() if obs is not None else None,
+            evidence=obs.to_json() if obs is not None else None, step=self.scenario.step,
         )
 
 
@@ -173,7 +196,6 @@ class Run:
         self.outcomes: dict[RowKey, Outcome] = {}
         self.scenario_errors: dict[str, str] = {}
         self._done: set[str] = set()
-        self._scenarios: dict[str, Scenario] = {}
         self._planned: list[tuple[Scenario, Expectation]] = []
         self._reported: set[RowKey] = set()
         self.fixture_tests: dict[str, FixtureTest] = {}
@@ -207,19 +229,18 @@ class Run:
 
     def outcome(self, scenario: Scenario, expectation: Expectation,
                 selected: Sequence[Expectation]) -> Outcome:
-        key = str(scenario.path)
+        key = scenario_key(scenario)
         if key not in self._done:
             self._done.add(key)
-            self._scenarios[key] = scenario
             self._execute(scenario, selected)
         return self.outcomes[(key, expectation.pair)]
 
     def reported(self, scenario: Scenario, expectation: Expectation) -> None:
         """pytest runs this row's item: the report shows its outcome (rows never reported are ``not run``)."""
-        self._reported.add((str(scenario.path), expectation.pair))
+        self._reported.add((scenario_key(scenario), expectation.pair))
 
     def _execute(self, scenario: Scenario, expectations: Sequence[Expectation]) -> None:
-        key = str(scenario.path)
+        key = scenario_key(scenario)
         # Decided offline, before starting or deploying anything: one error, the other rows not run.
         cannot = support.unsupported(scenario, self.settings.backend, self.settings.control_plane)
         kept = self.kept
@@ -231,27 +252,33 @@ class Run:
             self.outcomes[(key, outcome.expectation.pair)] = outcome
         if cannot is not None:
             self.scenario_errors[key] = cannot
-            outcomes[0].error = f"the {self.settings.backend} backend cannot run scenario '{scenario.name}': {cannot}"
+            outcomes[0].error = f"the {self.settings.backend} backend cannot run {quoted(scenario)}: {cannot}"
             for outcome in outcomes[1:]:
-                outcome.not_run = f"scenario '{scenario.name}' cannot run on this backend (see its first row)"
+                outcome.not_run = f"{quoted(scenario)} cannot run on this backend (see its first row)"
             return
         if backend is None:
             assert kept is not None
             self._not_deployed.append(scenario.name)
-            reason = (f"--istio-keep=on-failure keeps the mesh of scenario '{kept.name}' "
+            alone = display_path(scenario.path) + (f"::{scenario.scenario_name}::{scenario.step}" if scenario.step
+                                                   else "")
+            reason = (f"--istio-keep=on-failure keeps the mesh of {quoted(kept)} "
                       f"({display_path(kept.path)}), which failed first, so no later scenario is deployed; "
-                      f"run {display_path(scenario.path)} alone to test (and keep) this one")
+                      f"run {alone} alone to test (and keep) this one")
             for outcome in outcomes:
                 outcome.not_run = reason
             return
         probes = [Probe(e.source, e.target, e.port, e.request) for e in expectations]
         try:
+            deployed = self._last is not None and self._last.path == scenario.path and self._last.step != ""
             self._last = scenario
-            self.progress(f"scenario {scenario.name}: deploying {plural(len(scenario.topology.workloads), 'workload')}")
+            if not deployed:  # a later step runs on the deployment of the step before (deploy() reuses it)
+                self.progress(f"{title(scenario)}: deploying {plural(len(scenario.topology.workloads), 'workload')}")
             backend.deploy(scenario.topology, scenario.mesh)
-            self.progress(f"scenario {scenario.name}: applying {plural(len(scenario.policies), 'policy')}")
+            step = scenario.current
+            changes = f" ({step.changes})" if step is not None and step.changes else ""
+            self.progress(f"{title(scenario)}: applying {plural(len(scenario.policies), 'policy')}{changes}")
             backend.apply(scenario)
-            self.progress(f"scenario {scenario.name}: probing {plural(len(probes), 'connection')}")
+            self.progress(f"{title(scenario)}: probing {plural(len(probes), 'connection')}")
             observations = backend.probe(probes)
             for outcome, observation in zip(outcomes, observations, strict=True):
                 outcome.observation = observation
@@ -299,12 +326,13 @@ class Run:
                  else "pytest stopped before this row ran")
         rows: dict[str, tuple[Scenario, list[Expectation]]] = {}
         for scenario, expectation in self._planned:
-            rows.setdefault(str(scenario.path), (scenario, []))[1].append(expectation)
+            rows.setdefault(scenario_key(scenario), (scenario, []))[1].append(expectation)
         for (key, pair), outcome in self.outcomes.items():  # reported rows outside the plan (an xdist worker's)
             if (key, pair) in self._reported:
                 planned = rows.setdefault(key, (outcome.scenario, []))[1]
                 if outcome.expectation not in planned:
                     planned.append(outcome.expectation)
+        by_file: dict[str, ScenarioReport] = {}
         for key, (scenario, expectations) in rows.items():
             scenario_rows = []
             for exp in expectations:
@@ -314,11 +342,20 @@ class Run:
                         scenario, exp.source, exp.target, exp.port, exp.request)
                     found = Outcome(scenario, exp, prediction, not_run=never)
                 scenario_rows.append(found.row())
-            report.scenarios.append(ScenarioReport(
-                name=scenario.name, file=display_path(scenario.path), description=scenario.description,
-                rows=scenario_rows, policies=[p.ref for p in scenario.policies],
-                warnings=[str(w) for w in scenario.warnings], error=self.scenario_errors.get(key, ""),
-            ))
+            entry = by_file.get(str(scenario.path))
+            if entry is None:  # the steps of a scenario are one scenario of the report, each row naming its step
+                entry = by_file[str(scenario.path)] = ScenarioReport(
+                    name=scenario.scenario_name, file=display_path(scenario.path), description=scenario.description,
+                    warnings=[str(w) for w in scenario.warnings])
+                report.scenarios.append(entry)
+            entry.rows += scenario_rows
+            entry.policies = list(dict.fromkeys([*entry.policies, *(p.ref for p in scenario.policies)]))
+            error = self.scenario_errors.get(key, "")
+            step = scenario.current
+            if step is not None:
+                entry.steps.append(replace(step_report(step), error=error))
+            if error and not entry.error:
+                entry.error = f"step {step.name}: {error}" if step is not None else error
         report.scenarios.extend(test.report() for test in self.fixture_tests.values())
         return report
 
@@ -338,7 +375,7 @@ class Run:
     def _kept_line(self, interrupted: bool) -> str:
         """Which scenario's mesh is kept, and how to keep another."""
         if self.kept is not None:
-            line = f"kept: scenario '{self.kept.name}' ({display_path(self.kept.path)}), the first that failed"
+            line = f"kept: {quoted(self.kept)} ({display_path(self.kept.path)}), the first that failed"
             if self._not_deployed:
                 line += (f"; {plural(len(self._not_deployed), 'later scenario')} not deployed so that its mesh "
                          "stays as it failed (to keep another, run its file alone with --istio-keep=on-failure)")
@@ -346,4 +383,4 @@ class Run:
         if self._last is None:
             return "kept: the mesh of the Python fixtures (istio_mesh)"
         when = "when the run was interrupted" if interrupted else "the last one deployed"
-        return f"kept: scenario '{self._last.name}' ({display_path(self._last.path)}), {when}"
+        return f"kept: {quoted(self._last)} ({display_path(self._last.path)}), {when}"

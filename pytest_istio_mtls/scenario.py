@@ -31,15 +31,19 @@ from .model import (
     Request,
     Result,
     Scenario,
+    Step,
     Topology,
     Workload,
     default_topology,
+    pair_id,
 )
 from .policies import PolicyValidator
 from .validation import DNS_LABEL, Checker, type_name, unquote_fix
 from .yamlpos import Located, block_scalar_offset, load_all, load_one
 
-TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect")
+TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect", "steps")
+STEP_KEYS = ("name", "description", "policies", "remove", "expect")
+DERIVED_KEYS = ("derived", "rows")  # expect: {derived: true, rows: [...]}: the oracle's table, with these rows pinned
 MESH_KEYS = ("autoMtls", "rootNamespace")
 TOPOLOGY_KEYS = ("namespaces", "workloads")
 NAMESPACE_KEYS = ("sidecars", "ambient")
@@ -59,6 +63,9 @@ POLICY_COMMAND_KEYS = ("command",)
 POLICY_COMMAND_TIMEOUT_S = 120.0  # kustomize or helm may fetch remote bases and charts
 COMMAND_TAIL_LINES = 10
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a pytest id part: no '::', '/', '[' or spaces
+Source = tuple[Located, tuple[str | int, ...]]  # where a policy was written: its document and path
+POLICY_REF = re.compile(r"^([A-Za-z]+) ([^\s/]+)/([^\s/]+)$")
 
 
 def display_path(path: Path) -> str:
@@ -98,7 +105,8 @@ class _Loader:
     def fail_if_errors(self) -> None:
         """Raise with every diagnostic (warnings too, they often explain the error) in file order."""
         if any(d.severity == "error" for d in self.diagnostics):
-            raise ScenarioError(sorted(self.diagnostics, key=lambda d: (d.mark.file != self.file, d.mark)))
+            raise ScenarioError(sorted(dict.fromkeys(self.diagnostics),
+                                       key=lambda d: (d.mark.file != self.file, d.mark)))
 
     # -- entry --------------------------------------------------------------------------------------
 
@@ -131,23 +139,145 @@ class _Loader:
             check.error(("description",), f"description must be text, not {type_name(description)}")
         mesh = self._mesh(check, data.get("mesh"))
         topology = self._topology(check, data) if "topology" in data else default_topology()
-        validator = PolicyValidator(topology, mesh)
+        validator = _Recorder(topology, mesh)
         self._policy_files(check, data.get("policyFiles"), validator)
-        self._inline_policies(check, source, data.get("policies"), validator, located)
-        draft = Scenario(name=str(name), path=self.path, mesh=mesh, topology=topology,
-                         policies=tuple(validator.policies))
-        expectations, derived = self._expectations(check, data, draft)
-        validator.warn_traps(routed_subsets(draft, expectations))
+        self._inline_policies(check, source, data.get("policies"), validator, located, ("policies",))
+        draft = Scenario(name=str(name), path=self.path, description=str(description or ""), mesh=mesh,
+                         topology=topology, policies=tuple(validator.policies))
+        if "steps" in data:
+            if "expect" in data:
+                check.error(("expect",), "a scenario with steps has no top-level 'expect': each step has its own",
+                            "move the rows into each step's expect:", key=True)
+            scenario = dataclasses.replace(draft, steps=self._steps(check, source, located, data["steps"],
+                                                                    validator, draft))
+        else:
+            expectations, derived = self._expectations(check, ("expect",), data.get("expect"), draft)
+            validator.warn_traps(routed_subsets(draft, expectations))
+            self.fail_if_errors()
+            scenario = dataclasses.replace(draft, expectations=tuple(expectations), derived=derived)
+            if derived:
+                scenario = dataclasses.replace(scenario, expectations=self._derive(check, scenario, ("expect",),
+                                                                                   expectations))
         self.fail_if_errors()
-        scenario = Scenario(
-            name=str(name), path=self.path, description=str(description or ""), mesh=mesh, topology=topology,
-            policies=tuple(validator.policies), expectations=tuple(expectations), derived=derived,
-        )
-        if derived:
-            scenario = self._derive(check, scenario)
-        self.fail_if_errors()
-        warnings = tuple(sorted((d for d in self.diagnostics if d.severity == "warning"), key=lambda d: d.mark))
+        warnings = tuple(sorted(dict.fromkeys(d for d in self.diagnostics if d.severity == "warning"),
+                                key=lambda d: d.mark))
         return dataclasses.replace(scenario, warnings=warnings)
+
+    # -- steps --------------------------------------------------------------------------------------
+
+    def _steps(self, check: Checker, source: str, located: Located, raw: Any, base: _Recorder,
+               draft: Scenario) -> tuple[Step, ...]:
+        """Each step's policy state (the previous one with the step's policies added or replaced by kind,
+        namespace and name, and its ``remove`` entries removed) and its expectations."""
+        if not check.is_list(("steps",), raw, "steps"):
+            return ()
+        if not raw:
+            check.error(("steps",), "steps is empty", "add at least one step: {name: ..., expect: ...}")
+        state: list[Policy] = list(base.policies)
+        sources = dict(base.sources)
+        steps: list[Step] = []
+        for index, item in enumerate(raw):
+            path: tuple[str | int, ...] = ("steps", index)
+            if not check.mapping(path, item, "a step"):
+                continue
+            check.keys(path, item, STEP_KEYS, "a step")
+            name = self._step_name(check, path, item, steps)
+            description = item.get("description", "")
+            if not isinstance(description, str):
+                check.error((*path, "description"), f"description must be text, not {type_name(description)}")
+                description = ""
+            own = _Recorder(draft.topology, draft.mesh)
+            self._inline_policies(check, source, item.get("policies"), own, located, (*path, "policies"))
+            sources.update(own.sources)
+            removed = self._removals(check, path, item.get("remove"), state, own.policies)
+            before = {p.ref: p for p in state}
+            state = [p for p in state if p.ref not in removed]
+            added: list[str] = []
+            changed: list[str] = []
+            for policy in own.policies:
+                old = next((i for i, p in enumerate(state) if p.ref == policy.ref), None)
+                if old is None:
+                    state.append(policy)
+                    added.append(policy.ref)
+                else:  # kubectl apply updates the object in place: it keeps its age
+                    if state[old].manifest != policy.manifest:
+                        changed.append(policy.ref)
+                    state[old] = policy
+            fresh, scratch = self._revalidate(state, sources, draft)
+            state = fresh.policies
+            if name is None:
+                continue
+            at_step = dataclasses.replace(draft, policies=tuple(state))
+            rows, derived = self._expectations(check, (*path, "expect"), item.get("expect"), at_step,
+                                               f"step '{name}'")
+            if derived and not any(d.severity == "error" for d in self.diagnostics):
+                rows = list(self._derive(check, at_step, (*path, "expect"), rows))
+            fresh.warn_traps(routed_subsets(at_step, rows))  # Istio's traps in this state (e.g. a second
+            self.diagnostics.extend(d for d in scratch if d.severity == "warning")  # namespace-wide policy)
+            step = Step(name=name, number=len(steps) + 1, policies=tuple(state), expectations=tuple(rows),
+                        derived=derived, description=description, added=tuple(added), changed=tuple(changed),
+                        removed=tuple(r for r in before if r in removed), mark=check.mark(path))
+            if steps and not step.changes:
+                check.warn(path, f"step '{name}' changes no policy: it probes the state of step '{steps[-1].name}' "
+                           "again", "add policies: or remove: to the step, or merge its rows into that step")
+            steps.append(step)
+        return tuple(steps)
+
+    def _step_name(self, check: Checker, path: tuple[str | int, ...], item: Mapping[str, Any],
+                   steps: list[Step]) -> str | None:
+        if "name" not in item:
+            check.error(path, "a step has no name", "add name: <step name>, e.g. name: workload-strict")
+            return None
+        name = item["name"]
+        if not check.text((*path, "name"), name, "step name"):
+            return None
+        if not STEP_NAME.match(name):
+            check.error((*path, "name"), f"step name '{name}' may only hold letters, digits, '-', '_' and '.'",
+                        "it is part of the pytest id (file::scenario::step::row), e.g. name: workload-strict")
+            return None
+        first = next((s for s in steps if s.name == name), None)
+        if first is not None:
+            check.error((*path, "name"), f"step '{name}' is named twice (first at {first.mark})",
+                        "step names must be unique within a scenario")
+            return None
+        return str(name)
+
+    def _removals(self, check: Checker, path: tuple[str | int, ...], raw: Any, state: list[Policy],
+                  added: list[Policy]) -> set[str]:
+        """The refs ``remove`` names: each a policy in force before the step, written ``Kind namespace/name``."""
+        if raw is None or not check.is_list((*path, "remove"), raw, "remove"):
+            return set()
+        refs = [p.ref for p in state]
+        removed: set[str] = set()
+        for index, entry in enumerate(raw):
+            where = (*path, "remove", index)
+            if not isinstance(entry, str) or not POLICY_REF.match(entry.strip()):
+                check.error(where, f"a remove entry is 'Kind namespace/name', not {entry!r}",
+                            f"e.g. {refs[0] if refs else 'PeerAuthentication foo/default'}")
+                continue
+            ref = " ".join(entry.split())
+            if ref not in refs:
+                check.error(where, f"{ref} is not in force before this step{did_you_mean(ref, refs)}",
+                            f"policies in force: {', '.join(refs) or 'none'}")
+            elif any(p.ref == ref for p in added):
+                check.error(where, f"the step both removes and applies {ref}",
+                            "drop it from remove: (applying it again replaces it)")
+            else:
+                removed.add(ref)
+        return removed
+
+    @staticmethod
+    def _revalidate(state: list[Policy], sources: dict[Policy, Source],
+                    draft: Scenario) -> tuple[_Recorder, list[Diagnostic]]:
+        """One step's policies validated together, as the cluster holds them (``order`` is their age), with
+        the diagnostics apart: each document was validated when it was read."""
+        scratch: list[Diagnostic] = []
+        fresh = _Recorder(draft.topology, draft.mesh)
+        for policy in state:
+            located, where = sources[policy]
+            fresh.add(Checker(located, scratch), where, policy.manifest)
+        sources.update(fresh.sources)
+        return fresh, scratch
 
     # -- sections -----------------------------------------------------------------------------------
 
@@ -494,19 +624,19 @@ class _Loader:
         return done.stdout
 
     def _inline_policies(self, check: Checker, source: str, raw: Any, validator: PolicyValidator,
-                         located: Located) -> None:
+                         located: Located, path: tuple[str | int, ...]) -> None:
         if raw is None:
             return
         if isinstance(raw, list):  # a YAML list of resources is accepted too
             for index, item in enumerate(raw):
-                validator.add(check, ("policies", index), item)
+                validator.add(check, (*path, index), item)
             return
         if not isinstance(raw, str):
-            check.error(("policies",), f"policies must be a YAML block (policies: |) or a list, not {type_name(raw)}",
+            check.error(path, f"policies must be a YAML block (policies: |) or a list, not {type_name(raw)}",
                         "write the resources exactly as you would kubectl-apply them, after 'policies: |'")
             return
-        offset = block_scalar_offset(source, located.at("policies"))
-        line, col = offset if offset is not None else (located.at("policies").line - 1, 0)
+        offset = block_scalar_offset(source, located.at(*path))
+        line, col = offset if offset is not None else (located.at(*path).line - 1, 0)
         try:
             documents = load_all(raw, self.file, line_offset=line, col_offset=col)
         except ScenarioError as exc:
@@ -517,36 +647,52 @@ class _Loader:
 
     # -- expectations -------------------------------------------------------------------------------
 
-    def _expectations(self, check: Checker, data: Mapping[str, Any],
-                      scenario: Scenario) -> tuple[list[Expectation], bool]:
-        raw = data.get("expect")
+    def _expectations(self, check: Checker, path: tuple[str | int, ...], raw: Any, scenario: Scenario,
+                      owner: str = "the scenario") -> tuple[list[Expectation], bool]:
+        """The explicit rows at ``path`` and whether the oracle's table is wanted too (``derived``)."""
         if raw is None:
-            check.error((), "the scenario has no 'expect'",
+            check.error(path[:-1], f"{owner} has no 'expect'",
                         "add an expect: list of {from, to, result} rows, or expect: derived", key=True)
             return [], False
         if raw == "derived":
             return [], True
         if isinstance(raw, str):
-            check.error(("expect",), f"expect must be a list of rows or 'derived', not '{raw}'"
-                        f"{did_you_mean(raw, ['derived'])}")
+            check.error(path, f"expect must be a list of rows, 'derived' or {{derived: true, rows: [...]}}, not "
+                        f"'{raw}'{did_you_mean(raw, ['derived'])}")
             return [], False
-        if not check.is_list(("expect",), raw, "expect"):
-            return [], False
+        if isinstance(raw, Mapping):
+            check.keys(path, raw, DERIVED_KEYS, "expect")
+            derived = raw.get("derived", False)
+            if not check.boolean((*path, "derived"), derived, "expect.derived"):
+                derived = False
+            if "rows" not in raw:
+                if not derived:
+                    check.error(path, "expect has no rows and is not derived",
+                                "write derived: true (the oracle's table) and/or rows: [...]")
+                return [], derived is True
+            return self._rows(check, (*path, "rows"), raw["rows"], scenario, allow_empty=derived is True), \
+                derived is True
+        return self._rows(check, path, raw, scenario), False
+
+    def _rows(self, check: Checker, path: tuple[str | int, ...], raw: Any, scenario: Scenario, *,
+              allow_empty: bool = False) -> list[Expectation]:
+        if not check.is_list(path, raw, "expect" if path[-1] == "expect" else "expect.rows"):
+            return []
         rows: list[Expectation] = []
         for index, item in enumerate(raw):
-            row = self._row(check, ("expect", index), item, scenario)
+            row = self._row(check, (*path, index), item, scenario)
             if row is None:
                 continue
             key = (row.client, row.destination, row.port.port, row.request)
             first = next((r for r in rows if (r.client, r.destination, r.port.port, r.request) == key), None)
             if first is not None:
-                check.error(("expect", index), f"duplicate row {row.pair} (first at {first.mark})",
+                check.error((*path, index), f"duplicate row {row.pair} (first at {first.mark})",
                             "each (from, to, port, request) may be expected once; delete one of the rows")
                 continue
             rows.append(row)
-        if not raw:
-            check.error(("expect",), "expect is empty", "add at least one {from, to, result} row")
-        return rows, False
+        if not raw and not allow_empty:
+            check.error(path, "expect is empty", "add at least one {from, to, result} row")
+        return rows
 
     def _row(self, check: Checker, path: tuple[str | int, ...], item: Any,
              scenario: Scenario) -> Expectation | None:
@@ -587,7 +733,7 @@ class _Loader:
         if request is None:
             return None
         return Expectation(source, target, port, result, dataclasses.replace(request, tls=tls), status,
-                           check.mark(path))
+                           check.mark(path), yaml_path=path)
 
     def _workload_ref(self, check: Checker, path: tuple[str | int, ...], text: Any,
                       topology: Topology) -> Workload | None:
@@ -665,24 +811,47 @@ class _Loader:
             return False
         return True
 
-    def _derive(self, check: Checker, scenario: Scenario) -> Scenario:
+    def _derive(self, check: Checker, scenario: Scenario, path: tuple[str | int, ...],
+                pins: list[Expectation]) -> tuple[Expectation, ...]:
+        """The oracle's table (every client × other workload's server port), where a pinned row replaces the
+        derived row of its pair; pins of pairs the table lacks (a request, a subset, a pod address) follow."""
+        pinned = {row.pair: row for row in pins}
         rows: list[Expectation] = []
         unknown: list[str] = []
         for prediction in semantics.predict_all(scenario):
             if prediction.source.ref == prediction.target.ref:  # a workload calling itself is not a connection
                 continue  # between two workloads: a derived table probes those only
-            if prediction.result is Result.UNKNOWN:
-                unknown.append(f"{prediction.source.ref}->{prediction.target.ref}:{prediction.port.port} "
-                               f"({prediction.reason})")
-                continue
-            rows.append(Expectation(prediction.source, prediction.target, prediction.port, prediction.result,
-                                    mark=check.mark(("expect",)), reason=prediction.reason))
+            pair = pair_id(prediction.source, prediction.target, prediction.port, Request())
+            if pair in pinned:
+                rows.append(pinned.pop(pair))
+            elif prediction.result is Result.UNKNOWN:
+                unknown.append(f"{pair} ({prediction.reason})")
+            else:
+                rows.append(Expectation(prediction.source, prediction.target, prediction.port, prediction.result,
+                                        mark=check.mark(path), reason=prediction.reason))
+        rows += pinned.values()
         if unknown:
-            check.error(("expect",), "expect: derived, but the oracle cannot predict " + "; ".join(unknown),
-                        "write explicit expect rows for this scenario")
+            check.error(path, "expect: derived, but the oracle cannot predict " + "; ".join(unknown),
+                        "pin those pairs: expect: {derived: true, rows: [{from: ..., to: ..., result: ...}]}")
         if not rows and not unknown:
-            check.error(("expect",), "expect: derived, but the topology has no server ports to probe")
-        return dataclasses.replace(scenario, expectations=tuple(rows))
+            check.error(path, "expect: derived, but the topology has no server ports to probe")
+        return tuple(rows)
+
+
+class _Recorder(PolicyValidator):
+    """A PolicyValidator that remembers where each policy was written, so that the policies of one step's state
+    can be validated again together (their ages, Istio's traps across them)."""
+
+    def __init__(self, topology: Topology, mesh: MeshSettings) -> None:
+        super().__init__(topology, mesh)
+        self.sources: dict[Policy, Source] = {}
+
+    def add(self, checker: Checker, path: tuple[str | int, ...], value: Any,
+            skipped: Counter[str] | None = None) -> None:
+        before = len(self.policies)
+        super().add(checker, path, value, skipped)
+        for policy in self.policies[before:]:  # a List's items recorded themselves first, at their own paths
+            self.sources.setdefault(policy, (checker.located, path))
 
 
 class Unresolved(NamedTuple):

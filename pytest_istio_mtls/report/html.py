@@ -12,7 +12,7 @@ from html import escape
 from urllib.parse import quote
 
 from . import capture_path
-from .model import Report, Row, ScenarioReport, row_anchor
+from .model import Report, Row, ScenarioReport, StepReport, row_anchor
 from .terminal import (
     cell_text,
     disagrees,
@@ -20,11 +20,13 @@ from .terminal import (
     error_summary,
     expected_text,
     is_prediction,
+    item_text,
     matrix,
     observed_text,
     pair_text,
     predicted_counts,
     run_counts,
+    step_changes,
 )
 
 _CSS = """
@@ -100,8 +102,8 @@ def _failing(row: Row) -> bool:
     return row.status in ("wrong", "error") or (row.status == "predicted" and disagrees(row))
 
 
-def _matrix(scenario: ScenarioReport, anchors: dict[int, str]) -> list[str]:
-    grid = matrix(scenario)
+def _matrix(rows: list[Row], anchors: dict[int, str]) -> list[str]:
+    grid = matrix(rows)
     out = ['<table class="matrix">', "<thead><tr><th>from \\ to</th>"]
     out += [f'<th scope="col">{escape(column)}</th>' for column in grid.columns]
     out.append("</tr></thead><tbody>")
@@ -122,7 +124,7 @@ def _matrix(scenario: ScenarioReport, anchors: dict[int, str]) -> list[str]:
 
 def _details(row: Row, anchor: str) -> list[str]:
     """Everything known about one row in a <details>, so the page stays scannable with thousands of rows."""
-    summary = f"{pair_text(row)}: {cell_text(replace(row, request=''))}"  # the pair names the request
+    summary = f"{item_text(row)}: {cell_text(replace(row, request=''))}"  # the pair names the request
     fields: list[tuple[str, str]] = []
     if row.expected is not None:
         fields.append(("expected", escape(expected_text(row))))
@@ -156,12 +158,47 @@ def _scenario(scenario: ScenarioReport, index: int, predict: bool, anchors: dict
         out.append(f'<p class="error-box"><strong>scenario error:</strong> {escape(error_summary(scenario.error))}</p>')
     if scenario.warnings:
         out.append('<ul class="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in scenario.warnings) + "</ul>")
-    if scenario.rows:
-        out += _matrix(scenario, anchors)
+    if scenario.steps:
+        for step in scenario.steps:
+            out += _step(scenario, step, predict, anchors)
+    elif scenario.rows:
+        out += _matrix(scenario.rows, anchors)
     out.append(f"<p>{escape(counts)}</p>")
-    for row in scenario.rows:
-        out += _details(row, anchors[id(row)])
+    if not scenario.steps:
+        for row in scenario.rows:
+            out += _details(row, anchors[id(row)])
     out.append("</section>")
+    return out
+
+
+def _step(scenario: ScenarioReport, step: StepReport, predict: bool, anchors: dict[int, str]) -> list[str]:
+    """One step: its policies and their changes, its table and rows, the results that changed from the step
+    before."""
+    rows = scenario.rows_of(step)
+    counts = predicted_counts(rows) if predict else run_counts(scenario.counts(step.name))
+    out = [f"<h3>Step {step.number}: {escape(step.name)}</h3>"]
+    if step.description:
+        out.append(f'<p class="description">{escape(step.description)}</p>')
+    out.append("<p>Policies: " + (", ".join(escape(policy) for policy in step.policies) or "none") + "</p>")
+    if step.changes:
+        out.append(f"<p>Changes: {escape(step.changes)}</p>")
+    if step.error:
+        out.append(f'<p class="error-box"><strong>step error:</strong> {escape(error_summary(step.error))}</p>')
+    if rows:
+        out += _matrix(rows, anchors)
+    out.append(f"<p>{escape(counts)}</p>")
+    previous = scenario.previous(step)
+    if previous is not None:
+        changed = step_changes(scenario, step)
+        if changed:
+            out.append(f"<p>Changed from {escape(previous.name)}:</p><ul>")
+            out += [f'<li><a href="#{anchors[id(row)]}">{escape(pair_text(row))}</a>: {escape(old)} → '
+                    f"{escape(new)}</li>" for row, old, new in changed]
+            out.append("</ul>")
+        else:
+            out.append(f"<p>No result changed from {escape(previous.name)}.</p>")
+    for row in rows:
+        out += _details(row, anchors[id(row)])
     return out
 
 
@@ -190,7 +227,7 @@ def _index(report: Report, anchors: dict[int, str], predict: bool) -> list[str]:
                 what = f"expected {expected_text(row)}, observed {observed_text(row)}"
             else:
                 what = f"expected {expected_text(row)}: error: {error_summary(row.message)}"
-            items.append(f'<li><a href="#{anchors[id(row)]}">{escape(scenario.name)}: {escape(pair_text(row))}</a> '
+            items.append(f'<li><a href="#{anchors[id(row)]}">{escape(scenario.name)}: {escape(item_text(row))}</a> '
                          f"{escape(what)}</li>")
     if not items:
         return []

@@ -1,5 +1,8 @@
 """report.md: the truth tables as GitHub-flavoured Markdown, sized for ``$GITHUB_STEP_SUMMARY``.
 
+A scenario with steps shows each step's table, the policies it changed and the results that changed from
+the step before.
+
 GitHub rejects a step summary over 1 MiB, so the output is kept under ``CAP_BYTES``: the tables
 always fit, and the list of wrong/errored rows is cut (saying how many were left out) when the
 whole would not. Raw evidence is never included: report.json and report.html carry it.
@@ -12,7 +15,7 @@ from urllib.parse import quote
 
 from ..diagnostics import plural
 from . import capture_path
-from .model import Report, Row, ScenarioReport, row_anchor
+from .model import Report, Row, ScenarioReport, StepReport, row_anchor
 from .terminal import (
     cell_text,
     disagrees,
@@ -20,10 +23,12 @@ from .terminal import (
     error_summary,
     expected_text,
     is_prediction,
+    item_text,
     matrix,
     observed_text,
     pair_text,
     predicted_counts,
+    step_changes,
 )
 
 CAP_BYTES = 900 * 1024
@@ -48,8 +53,8 @@ def _counts(counts: dict[str, int]) -> str:
     return f"✅ {counts['correct']} correct · ❌ {counts['wrong']} wrong · ⚠️ {plural(counts['error'], 'error')}"
 
 
-def _table(scenario: ScenarioReport) -> list[str]:
-    grid = matrix(scenario)
+def _table(rows: list[Row]) -> list[str]:
+    grid = matrix(rows)
     lines = [
         "| from \\ to | " + " | ".join(_md(column) for column in grid.columns) + " |",
         "|---" * (len(grid.columns) + 1) + "|",
@@ -90,7 +95,7 @@ def _summary(row: Row) -> str:
 def _item(file: str, row: Row) -> list[str]:
     """One row of the details list, with the anchor the failures index links to."""
     mark = "" if row.status == "predicted" else f"{_MARKS[row.status]} "
-    head = f'- <a name="{row_anchor(file, row)}"></a>{mark}**{_md(pair_text(row))}** {_summary(row)}'
+    head = f'- <a name="{row_anchor(file, row)}"></a>{mark}**{_md(item_text(row))}** {_summary(row)}'
     if row.status == "predicted":
         return [head]
     pcap = capture_path(row)
@@ -111,7 +116,7 @@ def _index(report: Report, shown: set[int], predict: bool) -> list[str]:
             lines.append(f"- ⚠️ {_md(scenario.name)}: scenario error: {_md(error_summary(scenario.error))}")
         for row in filter(_failing, scenario.rows):
             mark = "" if predict else f"{_MARKS[row.status]} "
-            pair = f"{_md(scenario.name)}: {_md(pair_text(row))}"
+            pair = f"{_md(scenario.name)}: {_md(item_text(row))}"
             link = f"[{pair}](#{row_anchor(scenario.file, row)})" if id(row) in shown else pair
             lines.append(f"- {mark}{link} {_summary(row)}")
     if not lines:
@@ -145,13 +150,40 @@ def _section(scenario: ScenarioReport, predict: bool) -> list[str]:
     lines = [f"## {_md(scenario.name)}", "", f"file: {_md(scenario.file)}", ""]
     if scenario.description:
         lines += [_md(scenario.description.strip()), ""]
+    if scenario.steps:
+        return lines + [line for step in scenario.steps for line in _step(scenario, step, predict)]
     if scenario.policies:
         lines += ["Policies: " + ", ".join(_md(policy) for policy in scenario.policies), ""]
     if scenario.error:
         lines += [f"> ⚠️ **scenario error:** {_md(error_summary(scenario.error))}", ""]
     if scenario.rows:
-        lines += [*_table(scenario), ""]
+        lines += [*_table(scenario.rows), ""]
     lines += [predicted_counts(scenario.rows) if predict else _counts(scenario.counts()), ""]
+    return lines
+
+
+def _step(scenario: ScenarioReport, step: StepReport, predict: bool) -> list[str]:
+    """One step: its policies and their changes, its table and the results that changed from the step before."""
+    rows = scenario.rows_of(step)
+    lines = [f"### Step {step.number}: {_md(step.name)}", ""]
+    if step.description:
+        lines += [_md(step.description.strip()), ""]
+    lines += ["Policies: " + (", ".join(_md(policy) for policy in step.policies) or "none"), ""]
+    if step.changes:
+        lines += [f"Changes: {_md(step.changes)}", ""]
+    if step.error:
+        lines += [f"> ⚠️ **step error:** {_md(error_summary(step.error))}", ""]
+    if rows:
+        lines += [*_table(rows), ""]
+    lines += [predicted_counts(rows) if predict else _counts(scenario.counts(step.name)), ""]
+    previous = scenario.previous(step)
+    if previous is not None:
+        changed = step_changes(scenario, step)
+        if changed:
+            lines += [f"Changed from {_md(previous.name)}:", "",
+                      *(f"- {_md(pair_text(row))}: {_md(old)} → {_md(new)}" for row, old, new in changed), ""]
+        else:
+            lines += [f"No result changed from {_md(previous.name)}.", ""]
     return lines
 
 

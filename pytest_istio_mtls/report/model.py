@@ -33,6 +33,7 @@ class Row:
     message: str = ""  # why it is wrong or an error, for people
     because: list[str] = field(default_factory=list)  # evidence behind the observed result
     evidence: dict[str, Any] | None = None  # the raw observation (see the schema)
+    step: str = ""  # the step of a scenario with steps: part of the row's identity
 
     @property
     def column(self) -> str:
@@ -54,7 +55,34 @@ class Row:
             "message": self.message,
             "because": self.because,
             "evidence": self.evidence,
+            "step": self.step or None,
         }
+
+
+@dataclass
+class StepReport:
+    """One step of a scenario with steps: the policies in force and how they differ from the step before."""
+
+    name: str
+    number: int  # 1-based, in the scenario file's order
+    description: str = ""
+    policies: list[str] = field(default_factory=list)  # in force at this step
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    error: str = ""  # this step could not run (its rows are then errors)
+
+    @property
+    def changes(self) -> str:
+        """``added X; removed Y`` for people ("" when the step changes nothing)."""
+        parts = [f"{what} {', '.join(refs)}" for what, refs in
+                 (("added", self.added), ("changed", self.changed), ("removed", self.removed)) if refs]
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "number": self.number, "description": self.description,
+                "policies": self.policies, "added": self.added, "changed": self.changed, "removed": self.removed,
+                "error": self.error or None}
 
 
 @dataclass
@@ -66,12 +94,22 @@ class ScenarioReport:
     policies: list[str] = field(default_factory=list)  # "PeerAuthentication foo/default"
     warnings: list[str] = field(default_factory=list)
     error: str = ""  # the scenario could not run at all (e.g. its policies never took effect)
+    steps: list[StepReport] = field(default_factory=list)  # a scenario with steps: those with rows, in file order
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, step: str | None = None) -> dict[str, int]:
+        """Rows per status (of one step when ``step`` is given)."""
         counts = {"correct": 0, "wrong": 0, "error": 0, "predicted": 0, "not run": 0}
         for row in self.rows:
-            counts[row.status] += 1
+            if step is None or row.step == step:
+                counts[row.status] += 1
         return counts
+
+    def rows_of(self, step: StepReport) -> list[Row]:
+        return [row for row in self.rows if row.step == step.name]
+
+    def previous(self, step: StepReport) -> StepReport | None:
+        """The step before ``step`` in the file, when this report has its rows."""
+        return next((s for s in self.steps if s.number == step.number - 1), None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +121,7 @@ class ScenarioReport:
             "error": self.error or None,
             "counts": self.counts(),
             "rows": [row.to_json() for row in self.rows],
+            "steps": [step.to_json() for step in self.steps],
         }
 
 
@@ -120,7 +159,8 @@ def row_anchor(file: str, row: Row) -> str:
     """A stable id for one row of a report (``report.html#<id>``, report.md's failures index, JUnit's
     ``istio_evidence``): the scenario file and the pair, in characters every URL and HTML id accepts."""
     request = f"-{row.request}" if row.request else ""
-    return "row-" + re.sub(r"[^A-Za-z0-9._-]+", "-", f"{file}--{row.source}--{row.target}-{row.port}{request}")
+    step = f"{row.step}--" if row.step else ""
+    return "row-" + re.sub(r"[^A-Za-z0-9._-]+", "-", f"{file}--{step}{row.source}--{row.target}-{row.port}{request}")
 
 
 def row_from_json(data: dict[str, Any]) -> Row:
@@ -129,7 +169,14 @@ def row_from_json(data: dict[str, Any]) -> Row:
                observed=data.get("observed"), request=data.get("request") or "",
                http_status=data.get("httpStatus"), expected_http_status=data.get("expectedStatus"),
                message=data.get("message") or "", because=list(data.get("because") or []),
-               evidence=data.get("evidence"))
+               evidence=data.get("evidence"), step=data.get("step") or "")
+
+
+def step_from_json(data: dict[str, Any]) -> StepReport:
+    return StepReport(name=data["name"], number=int(data["number"]), description=data.get("description") or "",
+                      policies=list(data.get("policies") or []), added=list(data.get("added") or []),
+                      changed=list(data.get("changed") or []), removed=list(data.get("removed") or []),
+                      error=data.get("error") or "")
 
 
 def report_from_json(data: dict[str, Any]) -> Report:
@@ -141,15 +188,17 @@ def report_from_json(data: dict[str, Any]) -> Report:
         report.scenarios.append(ScenarioReport(
             name=scenario["name"], file=scenario["file"], description=scenario.get("description") or "",
             rows=[row_from_json(r) for r in scenario.get("rows") or []], policies=list(scenario.get("policies") or []),
-            warnings=list(scenario.get("warnings") or []), error=scenario.get("error") or ""))
+            warnings=list(scenario.get("warnings") or []), error=scenario.get("error") or "",
+            steps=[step_from_json(s) for s in scenario.get("steps") or []]))
     return report
 
 
 def merge(reports: list[Report]) -> Report:
     """One report from several (one per pytest-xdist worker, each with its own mesh).
 
-    Rows of a scenario that several workers ran are joined in the scenario's order of first appearance;
-    the earliest start and the longest duration stand for the run (the workers ran side by side).
+    Rows of a scenario that several workers ran are joined in the scenario's order of first appearance (the
+    steps of a scenario with steps in file order, each worker having run its share of the steps on its own
+    deployment); the earliest start and the longest duration stand for the run (the workers ran side by side).
     """
     merged = Report(backend=reports[0].backend if reports else "")
     if not reports:
@@ -165,11 +214,19 @@ def merge(reports: list[Report]) -> Report:
             existing = by_key.get((scenario.file, scenario.name))
             if existing is None:
                 copy = ScenarioReport(scenario.name, scenario.file, scenario.description, list(scenario.rows),
-                                      list(scenario.policies), list(scenario.warnings), scenario.error)
+                                      list(scenario.policies), list(scenario.warnings), scenario.error,
+                                      list(scenario.steps))
                 by_key[(scenario.file, scenario.name)] = copy
                 merged.scenarios.append(copy)
             else:
                 existing.rows.extend(scenario.rows)
                 existing.error = existing.error or scenario.error
+                existing.policies = list(dict.fromkeys([*existing.policies, *scenario.policies]))
+                existing.steps += [s for s in scenario.steps if s.name not in {e.name for e in existing.steps}]
+    for scenario in merged.scenarios:
+        if scenario.steps:
+            scenario.steps.sort(key=lambda s: s.number)
+            order = {s.name: s.number for s in scenario.steps}
+            scenario.rows.sort(key=lambda row: order.get(row.step, 0))  # stable: each step's rows keep their order
     merged.scenarios.sort(key=lambda s: (s.file, s.name))
     return merged

@@ -1,4 +1,5 @@
-"""The terminal truth table: one compact matrix per scenario, printed by pytest and ``predict``.
+"""The terminal truth table: one compact matrix per scenario (per step of a scenario with steps, with what
+changed from the step before), printed by pytest and ``predict``.
 
 The output is deterministic (no timestamps, first-seen order) so it can be diffed between runs
 and pinned in tests. The layout helpers here (``matrix``, ``expected_text``...) are shared by the
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from ..diagnostics import plural
 from ..model import Result, row_id
-from .model import Report, Row, ScenarioReport
+from .model import Report, Row, ScenarioReport, StepReport
 
 # The order results are counted in for prediction reports (the oracle never predicts allowed/blocked).
 PREDICTED_ORDER = ("mtls", "plaintext", "refused", "unavailable", "denied", "unknown")
@@ -32,16 +33,48 @@ class Matrix:
     cells: dict[tuple[str, str], list[Row]]
 
 
-def matrix(scenario: ScenarioReport) -> Matrix:
+def matrix(rows: list[Row]) -> Matrix:
     """Rows and columns in first-seen order, so the table follows the scenario file's order."""
     cells: dict[tuple[str, str], list[Row]] = {}
-    for row in scenario.rows:
+    for row in rows:
         cells.setdefault((row.source, row.column), []).append(row)
     return Matrix(
-        clients=list(dict.fromkeys(row.source for row in scenario.rows)),
-        columns=list(dict.fromkeys(row.column for row in scenario.rows)),
+        clients=list(dict.fromkeys(row.source for row in rows)),
+        columns=list(dict.fromkeys(row.column for row in rows)),
         cells=cells,
     )
+
+
+def outcome_text(row: Row) -> str | None:
+    """What a row says happened: the observation, or the prediction of a predict row (None: neither)."""
+    return row.predicted if row.status == "predicted" else row.observed
+
+
+def step_heading(step: StepReport) -> str:
+    """``step 2 workload-strict: added PeerAuthentication foo/x``: the step and how its policies differ."""
+    changes = step.changes or (f"{plural(len(step.policies), 'policy')} in force" if step.number == 1
+                               else "no policy changed")
+    return f"step {step.number} {step.name}: {changes}"
+
+
+def step_changes(scenario: ScenarioReport, step: StepReport) -> list[tuple[Row, str, str]]:
+    """The rows whose result differs from the same pair's in the step before (when the report has it):
+    ``(row, before, after)``. Rows without a result (errors, not run) on either side are left out."""
+    previous = scenario.previous(step)
+    if previous is None:
+        return []
+    before = {pair_text(row): outcome_text(row) for row in scenario.rows_of(previous)}
+    changed = []
+    for row in scenario.rows_of(step):
+        old, new = before.get(pair_text(row)), outcome_text(row)
+        if old is not None and new is not None and old != new:
+            changed.append((row, old, new))
+    return changed
+
+
+def item_text(row: Row) -> str:
+    """The row's part of the pytest id: ``step::from->to:port`` in a scenario with steps, else the pair."""
+    return (f"{row.step}::" if row.step else "") + pair_text(row)
 
 
 def is_prediction(report: Report) -> bool:
@@ -131,8 +164,8 @@ def cell_text(row: Row, marks: Mapping[str, str] = MARKS, *, terse: bool = False
     return f"{prefix}{marks['error']} error (exp {expected_text(row)})"
 
 
-def _table(scenario: ScenarioReport) -> list[str]:
-    grid = matrix(scenario)
+def _table(rows: list[Row]) -> list[str]:
+    grid = matrix(rows)
     lines = [["", *grid.columns]]
     for client in grid.clients:
         cells = [" / ".join(cell_text(row, terse=True) for row in grid.cells.get((client, column), [])) or NO_ROW
@@ -143,9 +176,9 @@ def _table(scenario: ScenarioReport) -> list[str]:
             for line in lines]
 
 
-def _problems(scenario: ScenarioReport) -> list[str]:
+def _problems(rows: list[Row]) -> list[str]:
     lines = []
-    for row in scenario.rows:
+    for row in rows:
         head = f"  {MARKS.get(row.status)} {pair_text(row)} expected {expected_text(row)}"
         if row.status == "wrong":
             lines.append(clip(f"{head}, observed {observed_text(row)}"))
@@ -154,20 +187,40 @@ def _problems(scenario: ScenarioReport) -> list[str]:
     return lines
 
 
-def _scenario(scenario: ScenarioReport, predict: bool) -> list[str]:
-    lines = [f"{scenario.name}  ({scenario.file})"]
-    if scenario.rows:
-        lines.extend(_table(scenario))
+def _rows(rows: list[Row], counts: dict[str, int], predict: bool, error: str) -> list[str]:
+    """One truth table, its counts and its wrong or errored rows."""
+    lines = _table(rows) if rows else []
     if predict:
-        lines.append(predicted_counts(scenario.rows))
-        if any(disagrees(row) for row in scenario.rows):
+        lines.append(predicted_counts(rows))
+        if any(disagrees(row) for row in rows):
             lines.append("* the scenario file expects something else")
         return lines
-    counts = run_counts(scenario.counts())
-    if scenario.error:
-        counts += f"; scenario error: {error_summary(scenario.error)}"
-    lines.append(clip(counts))
-    lines.extend(_problems(scenario))
+    text = run_counts(counts)
+    if error:
+        text += f"; scenario error: {error_summary(error)}"
+    return [*lines, clip(text), *_problems(rows)]
+
+
+def _step(scenario: ScenarioReport, step: StepReport, predict: bool) -> list[str]:
+    lines = ["", clip(step_heading(step))]
+    lines += _rows(scenario.rows_of(step), scenario.counts(step.name), predict, step.error)
+    previous = scenario.previous(step)
+    if previous is not None:
+        changed = step_changes(scenario, step)
+        lines.append(f"changed from {previous.name}:" if changed else f"no result changed from {previous.name}")
+        width = max((len(pair_text(row)) for row, _, _ in changed), default=0)
+        lines += [clip(f"  {pair_text(row).ljust(width)}  {old} → {new}") for row, old, new in changed]
+    return lines
+
+
+def _scenario(scenario: ScenarioReport, predict: bool) -> list[str]:
+    lines = [f"{scenario.name}  ({scenario.file})"]
+    if not scenario.steps:
+        return lines + _rows(scenario.rows, scenario.counts(), predict, scenario.error)
+    for step in scenario.steps:
+        lines += _step(scenario, step, predict)
+    if not predict:
+        lines += ["", f"{plural(len(scenario.steps), 'step')}: {run_counts(scenario.counts())}"]
     return lines
 
 

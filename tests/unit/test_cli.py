@@ -308,7 +308,7 @@ def test_validate_backend_says_offline_what_that_backend_cannot_run(capsys: pyte
         "--istio-backend=local --istio-control-plane=emulated: AuthorizationPolicy app/backend-allow-frontend is "
         "not emulated by the local backend's emulated control plane; fix: run it with real istiod "
         "(--istio-control-plane=istiod)")
-    assert out.count(": ok (") == 13
+    assert out.count(": ok (") == 14
     assert run(capsys, "validate", "builtin", "--backend", "local")[0] == 0
 
 

@@ -54,7 +54,7 @@ def test_builtin_library_is_reachable(pytester: pytest.Pytester) -> None:
     from pytest_istio_mtls.options import builtin_scenarios
     from pytest_istio_mtls.scenario import load_scenario
 
-    rows = sum(len(load_scenario(path).expectations) for path in builtin_scenarios().glob("*.yaml"))
+    rows = sum(len(s.expectations) for path in builtin_scenarios().glob("*.yaml") for s in load_scenario(path).states())
     result = pytester.runpytest("--istio-scenarios", "builtin", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["*01-no-policy.yaml::no-policy::frontend.app->backend.app:8080",
                                  f"{rows} tests collected*"])

@@ -77,13 +77,13 @@ def test_every_loader_key_list_is_a_closed_schema_object() -> None:
 
 def test_a_key_added_to_the_loader_alone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the test above prints when the loader learns a key (or a whole key list) the schema lacks."""
-    monkeypatch.setattr(loader, "TOP_KEYS", (*loader.TOP_KEYS, "steps"))
-    monkeypatch.setattr(loader, "STEP_KEYS", ("name", "policies", "remove", "expect"), raising=False)
+    monkeypatch.setattr(loader, "TOP_KEYS", (*loader.TOP_KEYS, "timeout"))
+    monkeypatch.setattr(loader, "HOOK_KEYS", ("name", "command", "expect"), raising=False)
     assert unmatched_key_lists() == [
-        "scenario.TOP_KEYS ['description', 'expect', 'mesh', 'name', 'policies', 'policyFiles', 'steps', 'topology']: "
-        "no schema object has exactly these properties; closest: # (missing ['steps'], extra [])",
-        "scenario.STEP_KEYS ['expect', 'name', 'policies', 'remove']: no schema object has exactly these "
-        "properties; closest: # (missing ['remove'], extra ['description', 'mesh', 'policyFiles', 'topology'])",
+        "scenario.TOP_KEYS ['description', 'expect', 'mesh', 'name', 'policies', 'policyFiles', 'steps', 'timeout', "
+        "'topology']: no schema object has exactly these properties; closest: # (missing ['timeout'], extra [])",
+        "scenario.HOOK_KEYS ['command', 'expect', 'name']: no schema object has exactly these properties; "
+        "closest: #/$defs/step (missing ['command'], extra ['description', 'policies', 'remove'])",
     ]
 
 
