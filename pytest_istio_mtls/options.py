@@ -79,6 +79,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--istio-timeout", "istio_timeout",
            "seconds to wait for one step (workloads ready, policy in force) before failing with what was still "
            "pending", default="120", metavar="SECONDS"),
+    Option("--istio-update-expectations", "istio_update_expectations",
+           "write the observed results of wrong rows into the scenario files (an explicit row's result and status; "
+           "a derived row becomes a pin under expect: {derived: true, rows: [...]}), keeping comments and layout, "
+           "and list each change as file:line; nothing is written when a row errored",
+           default=False, kind="bool"),
 )
 BY_DEST = {o.dest: o for o in OPTIONS}
 
@@ -120,6 +125,7 @@ class Settings:
     hub: str = "docker.io/istio"
     images: dict[str, str] = field(default_factory=dict)
     timeout: float = 120.0
+    update_expectations: bool = False
     rootdir: Path = Path(".")
     extra: dict[str, Any] = field(default_factory=dict)  # honoured options of other plugins (pytest-kind)
 
@@ -244,6 +250,7 @@ def resolve(config: pytest.Config) -> Settings:
         hub=str(values["istio_hub"][0] or BY_DEST["istio_hub"].default).rstrip("/"),
         images=images,
         timeout=timeout,
+        update_expectations=bool(values["istio_update_expectations"][0]),
         rootdir=rootdir,
         extra=_pytest_kind_options(config),
     )

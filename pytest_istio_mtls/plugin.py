@@ -34,6 +34,7 @@ SETTINGS_KEY = pytest.StashKey[options.Settings]()
 KEEP_MESSAGE_KEY = pytest.StashKey[str]()
 PLANNED_KEY = pytest.StashKey[Sequence[tuple[Scenario, Expectation]]]()  # the collected rows, in run order
 STOPPED_KEY = pytest.StashKey[str]()  # why the session stopped early (the backend cannot run here)
+UPDATE_KEY = pytest.StashKey[list[str]]()  # what --istio-update-expectations wrote, for the terminal summary
 ROOTS_KEY = pytest.StashKey[list[Path]]()  # where scenario files are collected from
 COARSE = (Result.ALLOWED, Result.BLOCKED)  # the expectation keywords a concrete result also carries
 
@@ -350,6 +351,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 from .report import write_all
 
                 write_all(report, settings.report)
+            if settings.update_expectations and report is not None:
+                from .update import update_expectations
+
+                config.stash[UPDATE_KEY] = update_expectations(report).lines()
     if worker is None:
         messages = [message] + [s.get("keep", "") for s in config.stash.get(WORKER_REPORTS_KEY, [])]
         config.stash[KEEP_MESSAGE_KEY] = "\n".join(m for m in messages if m)
@@ -366,6 +371,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         settings = config.stash[SETTINGS_KEY]
         if settings.report is not None:
             terminalreporter.write_line(f"reports: {settings.report}/report.{{json,md,html}}")
+    updated = config.stash.get(UPDATE_KEY, [])
+    if updated:
+        terminalreporter.section("Istio mTLS: expectations updated")
+        for line in updated:
+            terminalreporter.write_line(line)
     message = config.stash.get(KEEP_MESSAGE_KEY, "")
     if message:
         terminalreporter.section("Istio mTLS: state kept for inspection")
