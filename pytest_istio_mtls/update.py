@@ -126,10 +126,13 @@ def _update_file(path: Path, file: str, name: str, rows: Sequence[Row], update: 
         update.problems.append(f"{file}: error: the updated file did not load, so it was restored: "
                                f"{str(exc).splitlines()[0]}\n    fix: report this, with the file")
         return
+    root = YAML(typ="rt").compose(updated)
     for step, pair, old, new, pinned in written:
-        row_mark = next((e.mark for e in reloaded[step].expectations if e.pair == pair), None)
-        update.changes.append(Change(file, row_mark.line if row_mark is not None else 0,
-                                     "::".join(part for part in (name, step, pair) if part), old, new, pinned))
+        written_row = next(e for e in reloaded[step].expectations if e.pair == pair)
+        key = "status" if old.split()[0] == new.split()[0] and "HTTP" in new else "result"  # the line that changed
+        line = _node(root, (*written_row.yaml_path, key)).start_mark.line + 1
+        update.changes.append(Change(file, line, "::".join(part for part in (name, step, pair) if part), old, new,
+                                     pinned))
 
 
 def _explicit(text: str, root: Node, expectation: Expectation, observed: Result, http: int | None,

@@ -89,7 +89,7 @@ def test_explicit_rows_take_the_observed_results_and_nothing_else_moves(tmp_path
     assert update.lines() == [
         "updated 4 expectations in 1 file:",
         "  scenarios/strict.yaml:9: ns-strict::frontend.app->backend.app:8080: plaintext → mtls",
-        "  scenarios/strict.yaml:11: ns-strict::frontend.app->backend.app:8080:POST:/post: allowed HTTP 201 → "
+        "  scenarios/strict.yaml:15: ns-strict::frontend.app->backend.app:8080:POST:/post: allowed HTTP 201 → "
         "allowed HTTP 200",
         "  scenarios/strict.yaml:16: ns-strict::plaintext.legacy->legacy.legacy:8080: mtls HTTP 200 → plaintext "
         "HTTP 200",
