@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 
 from pytest_istio_mtls.cli import main
 from pytest_istio_mtls.diff import compare, load, render_text
@@ -447,3 +448,15 @@ def test_explain_takes_the_step(capsys: pytest.CaptureFixture[str]) -> None:
     other = str(BUILTIN.parent / "02-mesh-strict.yaml")
     assert cli(capsys, "explain", other, "plaintext", "backend", "--step", "x") == (2, "", (
         f"error: --step x: {other} has no steps\n    fix: drop --step\n"))
+
+
+def test_the_readme_example_is_valid_and_agrees_with_the_oracle(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README 'Scenario format': the steps example (derived, and derived plus pinned) as written."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Scenario format", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```yaml\n")[3].split("```", 1)[0]
+    schema = json.loads((REPO / "pytest_istio_mtls/scenario.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(example), schema)
+    (here / "rollout.yaml").write_text(example)
+    assert cli(capsys, "validate", "rollout.yaml")[1] == "rollout.yaml: ok (rollout: 3 steps, 15 expectations, 2 policies)\n"
+    assert cli(capsys, "check", "rollout.yaml")[1] == "rollout.yaml: 15 agree, 0 disagree, 0 not predictable\n"
