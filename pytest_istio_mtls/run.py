@@ -200,7 +200,7 @@ class Run:
         self._reported: set[RowKey] = set()
         self.fixture_tests: dict[str, FixtureTest] = {}
         self.kept: Scenario | None = None  # --istio-keep=on-failure: the first failing scenario, left deployed
-        self._not_deployed: list[str] = []  # scenarios skipped so that `kept` stays as it failed
+        self._not_deployed: list[Scenario] = []  # scenarios (or steps) skipped so that `kept` stays as it failed
         self._last: Scenario | None = None  # the scenario deployed last
         self.started = time.monotonic()
         self.versions: dict[str, str] = {}
@@ -258,7 +258,7 @@ class Run:
             return
         if backend is None:
             assert kept is not None
-            self._not_deployed.append(scenario.name)
+            self._not_deployed.append(scenario)
             alone = display_path(scenario.path) + (f"::{scenario.scenario_name}::{scenario.step}" if scenario.step
                                                    else "")
             reason = (f"--istio-keep=on-failure keeps the mesh of {quoted(kept)} "
@@ -377,7 +377,8 @@ class Run:
         if self.kept is not None:
             line = f"kept: {quoted(self.kept)} ({display_path(self.kept.path)}), the first that failed"
             if self._not_deployed:
-                line += (f"; {plural(len(self._not_deployed), 'later scenario')} not deployed so that its mesh "
+                later = "later step" if all(s.step for s in self._not_deployed) else "later scenario"
+                line += (f"; {plural(len(self._not_deployed), later)} not deployed so that its mesh "
                          "stays as it failed (to keep another, run its file alone with --istio-keep=on-failure)")
             return line
         if self._last is None:

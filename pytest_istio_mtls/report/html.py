@@ -187,9 +187,9 @@ def _step(scenario: ScenarioReport, step: StepReport, predict: bool, anchors: di
     if rows:
         out += _matrix(rows, anchors)
     out.append(f"<p>{escape(counts)}</p>")
-    previous = scenario.previous(step)
-    if previous is not None:
-        changed = step_changes(scenario, step)
+    compared = step_changes(scenario, step)
+    if compared is not None:
+        previous, changed = compared
         if changed:
             out.append(f"<p>Changed from {escape(previous.name)}:</p><ul>")
             out += [f'<li><a href="#{anchors[id(row)]}">{escape(pair_text(row))}</a>: {escape(old)} → '

@@ -176,9 +176,9 @@ def _step(scenario: ScenarioReport, step: StepReport, predict: bool) -> list[str
     if rows:
         lines += [*_table(rows), ""]
     lines += [predicted_counts(rows) if predict else _counts(scenario.counts(step.name)), ""]
-    previous = scenario.previous(step)
-    if previous is not None:
-        changed = step_changes(scenario, step)
+    compared = step_changes(scenario, step)
+    if compared is not None:
+        previous, changed = compared
         if changed:
             lines += [f"Changed from {_md(previous.name)}:", "",
                       *(f"- {_md(pair_text(row))}: {_md(old)} → {_md(new)}" for row, old, new in changed), ""]

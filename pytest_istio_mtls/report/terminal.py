@@ -57,19 +57,16 @@ def step_heading(step: StepReport) -> str:
     return f"step {step.number} {step.name}: {changes}"
 
 
-def step_changes(scenario: ScenarioReport, step: StepReport) -> list[tuple[Row, str, str]]:
-    """The rows whose result differs from the same pair's in the step before (when the report has it):
-    ``(row, before, after)``. Rows without a result (errors, not run) on either side are left out."""
+def step_changes(scenario: ScenarioReport, step: StepReport) -> tuple[StepReport, list[tuple[Row, str, str]]] | None:
+    """The step before and the rows whose result differs from the same pair's there: ``(row, before, after)``.
+    None when the report lacks that step or no pair has a result in both (errors, rows not run)."""
     previous = scenario.previous(step)
     if previous is None:
-        return []
+        return None
     before = {pair_text(row): outcome_text(row) for row in scenario.rows_of(previous)}
-    changed = []
-    for row in scenario.rows_of(step):
-        old, new = before.get(pair_text(row)), outcome_text(row)
-        if old is not None and new is not None and old != new:
-            changed.append((row, old, new))
-    return changed
+    pairs = [(row, before.get(pair_text(row)), outcome_text(row)) for row in scenario.rows_of(step)]
+    compared = [(row, old, new) for row, old, new in pairs if old is not None and new is not None]
+    return (previous, [(row, old, new) for row, old, new in compared if old != new]) if compared else None
 
 
 def item_text(row: Row) -> str:
@@ -204,9 +201,9 @@ def _rows(rows: list[Row], counts: dict[str, int], predict: bool, error: str) ->
 def _step(scenario: ScenarioReport, step: StepReport, predict: bool) -> list[str]:
     lines = ["", clip(step_heading(step))]
     lines += _rows(scenario.rows_of(step), scenario.counts(step.name), predict, step.error)
-    previous = scenario.previous(step)
-    if previous is not None:
-        changed = step_changes(scenario, step)
+    compared = step_changes(scenario, step)
+    if compared is not None:
+        previous, changed = compared
         lines.append(f"changed from {previous.name}:" if changed else f"no result changed from {previous.name}")
         width = max((len(pair_text(row)) for row, _, _ in changed), default=0)
         lines += [clip(f"  {pair_text(row).ljust(width)}  {old} → {new}") for row, old, new in changed]

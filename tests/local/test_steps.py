@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import shutil
+import subprocess
 from fnmatch import fnmatchcase
 from importlib.resources import files
 from pathlib import Path
@@ -168,3 +170,30 @@ def test_update_expectations_pins_the_observed_results(pytester: pytest.Pytester
     again.assert_outcomes(passed=5)
     again.stdout.fnmatch_lines(["*= Istio mTLS: expectations updated =*", "no expectation changed: no row was wrong"],
                                consecutive=True)
+
+
+def test_keep_on_failure_keeps_the_state_of_the_failing_step(pytester: pytest.Pytester) -> None:
+    """--istio-keep=on-failure: step `strict` fails, so its state stays in force and the steps after it are not
+    applied (skipped, `not run`), each naming how to run it alone."""
+    write(pytester, ROLLOUT + "  - name: after\n    expect:\n      - {from: frontend, to: backend, result: mtls}\n")
+    result = pytester.runpytest_subprocess("--istio-scenarios", *EMULATED, "--istio-keep=on-failure", "-rs")
+    line = next((line for line in result.outlines if line.startswith("local run ") and " kept:" in line), "")
+    run_id = line.split()[2] if line else ""
+    try:
+        result.assert_outcomes(passed=3, failed=2, skipped=1)
+        result.stdout.fnmatch_lines([
+            "SKIPPED [[]1[]] scenarios/rollout.yaml: --istio-keep=on-failure keeps the mesh of scenario 'rollout' at "
+            "step 'strict' (scenarios/rollout.yaml), which failed first, so no later scenario is deployed; run "
+            "scenarios/rollout.yaml::rollout::after alone to test (and keep) this one"])
+        result.stdout.fnmatch_lines([
+            "kept: scenario 'rollout' at step 'strict' (scenarios/rollout.yaml), the first that failed; 1 later step "
+            "not deployed so that its mesh stays as it failed (to keep another, run its file alone with "
+            "--istio-keep=on-failure)",
+            "local run * kept: 4 pods with their proxies and apps still running, policies of scenario 'rollout/strict' "
+            "in force."], consecutive=True)
+        result.stdout.fnmatch_lines(["step 3 after: no policy changed", "*", "frontend.app  not run",
+                                     "0 correct, 0 wrong, 0 errors, 1 not run", "", "3 steps: *"], consecutive=True)
+    finally:
+        if run_id:
+            subprocess.run([shutil.which("pytest-istio-mtls") or "pytest-istio-mtls", "cleanup", "--run", run_id],
+                           capture_output=True, check=False)

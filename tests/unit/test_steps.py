@@ -460,3 +460,17 @@ def test_the_readme_example_is_valid_and_agrees_with_the_oracle(here: Path, caps
     (here / "rollout.yaml").write_text(example)
     assert cli(capsys, "validate", "rollout.yaml")[1] == "rollout.yaml: ok (rollout: 3 steps, 15 expectations, 2 policies)\n"
     assert cli(capsys, "check", "rollout.yaml")[1] == "rollout.yaml: 15 agree, 0 disagree, 0 not predictable\n"
+
+
+def test_a_step_whose_rows_did_not_run_says_nothing_about_changes() -> None:
+    """`not run` is no result: nothing is compared with the step before, rather than "no result changed"."""
+    report = Report("local", [ScenarioReport("r", "r.yaml", steps=[StepReport("one", 1), StepReport("two", 2)], rows=[
+        row("one", "plaintext.legacy", "plaintext", "wrong", "refused"),
+        row("two", "plaintext.legacy", None, "not run", "refused", "kept")])])
+    assert render(report).split("step 2 ")[1] == (
+        "two: no policy changed\n"
+        "                  backend.app:8080\n"
+        "plaintext.legacy  not run\n"
+        "0 correct, 0 wrong, 0 errors, 1 not run\n"
+        "\n"
+        "2 steps: 0 correct, 1 wrong, 0 errors, 1 not run")
