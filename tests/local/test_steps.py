@@ -197,3 +197,29 @@ def test_keep_on_failure_keeps_the_state_of_the_failing_step(pytester: pytest.Py
         if run_id:
             subprocess.run([shutil.which("pytest-istio-mtls") or "pytest-istio-mtls", "cleanup", "--run", run_id],
                            capture_output=True, check=False)
+
+
+FLIP = {"mtls": "plaintext", "plaintext": "mtls", "refused": "plaintext"}
+
+
+@pytest.mark.parametrize("parity", [0, 1], ids=["even-rows", "odd-rows"])
+def test_flipping_rows_of_any_step_fails_exactly_those_items(pytester: pytest.Pytester, parity: int) -> None:
+    """Flip every other row of every step of the built-in rollout: exactly the flipped items fail (each step is
+    judged in its own state, whatever the steps around it expect)."""
+    text = BUILTIN.read_text()
+    lines = text.splitlines(keepends=True)
+    rows = [i for i, line in enumerate(lines) if line.lstrip().startswith("- {from:")]
+    flipped = []
+    scenario = load_scenario(BUILTIN)
+    pairs = [(state.step, e.pair) for state in scenario.states() for e in state.expectations]
+    for number, (index, (step, pair)) in enumerate(zip(rows, pairs, strict=True)):
+        if number % 2 == parity:
+            result = lines[index].rsplit("result: ", 1)[1].split("}")[0]
+            lines[index] = lines[index].replace(f"result: {result}}}", f"result: {FLIP[result]}}}")
+            flipped.append(f"scenarios/25-rollout-to-mesh-strict.yaml::rollout-to-mesh-strict::{step}::{pair}")
+    pytester.mkdir("scenarios").joinpath(BUILTIN.name).write_text("".join(lines))
+    result = pytester.runpytest_subprocess("--istio-scenarios", "--istio-backend=local", "-p", "no:cacheprovider",
+                                           "-p", "no:randomly", "-rf")
+    assert sorted(line.split(" ", 1)[1].split(" - ")[0] for line in result.outlines
+                  if line.startswith("FAILED ")) == sorted(flipped)
+    result.assert_outcomes(passed=len(pairs) - len(flipped), failed=len(flipped))
