@@ -10,7 +10,7 @@ local backend with real istiod) and reports:
 
 Target (issue 12): 1,000 scenarios (several thousand rows) per Istio version in under 30 minutes on 2 cores.
 
-Usage: sudo python benchmarks/crosscheck.py [--count N] [--seed S] [--istio-version V] [--json]
+Usage: sudo python benchmarks/crosscheck.py [--count N] [--seed S] [--istio-version V] [--out DIR] [--json]
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--istio-version", default="latest")
+    parser.add_argument("--out", metavar="DIR", help="passed to the crosscheck: where disagreements are written")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     load_before = os.getloadavg()
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest_istio_mtls.cli", "crosscheck", "--count", str(args.count),
-                           "--seed", str(args.seed), "--istio-version", args.istio_version, "--json"],
-                          capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "pytest_istio_mtls.cli", "crosscheck", "--count", str(args.count),
+               "--seed", str(args.seed), "--istio-version", args.istio_version, "--json"]
+    done = subprocess.run(command + (["--out", args.out] if args.out else []), capture_output=True, text=True,
+                          check=False)
     wall = time.perf_counter() - started
     load_after = os.getloadavg()
     if done.returncode not in (0, 1, 3) or not done.stdout.strip():
@@ -49,6 +51,8 @@ def main() -> int:
         "checking_s": summary["elapsed_s"], "wall_s": round(wall, 1),
         "scenarios_per_min": summary["scenarios_per_min"], "rows_per_min": summary["rows_per_min"],
         "observed": summary["observed"], "cpus": os.cpu_count(),
+        "disagreements": [f"{d['signature']}: {d['file'] or ', '.join(r['row'] for r in d['rows'])}"
+                          for d in summary["disagreements"]],
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
     }
     if args.json:
@@ -66,6 +70,8 @@ def main() -> int:
     print(f"  load average     {' '.join(map(str, figures['load_before']))} before, "
           f"{' '.join(map(str, figures['load_after']))} after, on {figures['cpus']} CPUs")
     print("  observed         " + ", ".join(f"{k} {v}" for k, v in figures["observed"].items()))
+    for line in figures["disagreements"]:
+        print(f"  disagreement     {line}")
     return 0
 
 
