@@ -250,56 +250,86 @@ def _specificity(pattern: str) -> tuple[int, int]:
     return (0, len(pattern)) if pattern.startswith("*") else (1, len(pattern))
 
 
-def export_to(policy: Policy) -> list[str]:
+def _export_set(policy: Policy) -> frozenset[str]:
+    """``exportTo`` as istiod keeps it: the set as written, empty when unset (not the same as ``["*"]``)."""
     raw = policy.spec.get("exportTo")
-    return [str(x) for x in raw] if isinstance(raw, list) and raw else ["*"]
+    return frozenset(str(x) for x in raw) if isinstance(raw, list) else frozenset()
 
 
-def visible_to(policy: Policy, namespace: str) -> bool:
-    """Is a DestinationRule visible to proxies in ``namespace``? (``exportTo``)"""
-    targets = export_to(policy)
-    if policy.namespace == namespace:
-        return any(t in ("*", ".", namespace) for t in targets)
-    return any(t in ("*", namespace) for t in targets)
+def _consolidated(rules: Sequence[Policy]) -> list[tuple[frozenset[str], list[Policy]]]:
+    """Istio's mergeDestinationRule for rules of one host in one namespace index, oldest first: a rule merges
+    into an entry whose exportTo set equals its own (or is a non-empty subset of it), else it stands alone
+    (pilot/pkg/model/destination_rule.go, ENABLE_ENHANCED_DESTINATIONRULE_MERGE, on by default). Each entry's
+    rules stay oldest first: the first top-level trafficPolicy wins within an entry."""
+    entries: list[tuple[frozenset[str], list[Policy]]] = []
+    for rule in rules:
+        export = _export_set(rule)
+        alone = True
+        for existing, members in entries:
+            if export == existing or (existing and export >= existing):
+                members.append(rule)
+                alone = False
+            else:
+                alone = True
+        if alone:
+            entries.append((export, [rule]))
+    return entries
 
 
 def destination_rule_for(
     scenario: Scenario, client: Workload, server: Workload
 ) -> tuple[list[Policy], list[Step]]:
-    """The DestinationRules that configure ``client``'s traffic to ``server`` (O4).
+    """The DestinationRules that configure ``client``'s traffic to ``server`` (O4), oldest first.
 
-    Lookup: the client's namespace, then the Service's namespace, then the root namespace; the
-    first namespace with a matching host wins, and within it the most specific host. Rules for
-    the same host in one namespace merge; they are returned oldest first.
+    Istio's PushContext.destinationRule (pilot/pkg/model/push_context.go): first the rules of the client's
+    namespace that it can see (exportTo unset, ``*``, ``.`` or that namespace), then the rules the Service's
+    namespace exports, then the root namespace's. In each, the most specific host is chosen before
+    visibility is checked, so a more specific host exported elsewhere hides a less specific one. Rules of
+    that host that do not merge (different exportTo) stay separate entries, and the sidecar uses the last,
+    i.e. the newest (SidecarScope.DestinationRule in pilot/pkg/model/sidecar.go).
     """
     root = scenario.mesh.root_namespace
     host = server.host
     rules = _sorted(scenario.policies_of(DESTINATION_RULE))
     steps: list[Step] = []
-    lookup: list[str] = []
-    for ns in (client.namespace, server.namespace, root):
-        if ns not in lookup:
-            lookup.append(ns)
-    for ns in lookup:
-        candidates = [
-            r for r in rules
-            if r.namespace == ns and visible_to(r, client.namespace)
-            and host_matches(resolve_host(str(r.spec.get("host", "")), r.namespace), host)
-        ]
-        if not candidates:
+
+    def key(rule: Policy) -> str:
+        return resolve_host(str(rule.spec.get("host", "")), rule.namespace)
+
+    def lookup(ns: str, exported: bool) -> list[tuple[frozenset[str], list[Policy]]]:
+        if exported:  # rules exported beyond their own namespace (private-only ones are not)
+            index = [r for r in rules if r.namespace == ns and not (len(_export_set(r)) == 1 and (
+                _export_set(r) <= {".", ns}))]
+        else:  # the client's own namespace: what it can see of it
+            index = [r for r in rules if r.namespace == ns and (not _export_set(r) or _export_set(r) & {"*", ".", ns})]
+        matching = [r for r in index if host_matches(key(r), host)]
+        if not matching:
+            return []
+        best = max(_specificity(key(r)) for r in matching)
+        most = [r for r in matching if _specificity(key(r)) == best]
+        steps.extend(Step("O4", f"DestinationRule {r.namespace}/{r.name} (host {r.spec.get('host')}) loses to the "
+                                "more specific host") for r in matching if r not in most)
+        entries = _consolidated([r for r in index if key(r) == key(most[0])])
+        if exported:
+            entries = [(e, m) for e, m in entries if not e or e & {"*", client.namespace}]
+        return entries
+
+    searches = ([(client.namespace, False)] if client.namespace != root else []) + [
+        (server.namespace, True), (root, True)]
+    for ns, exported in searches:
+        entries = lookup(ns, exported)
+        if not entries:
             continue
-        best = max(_specificity(resolve_host(str(r.spec.get("host", "")), r.namespace)) for r in candidates)
-        chosen = [r for r in candidates
-                  if _specificity(resolve_host(str(r.spec.get("host", "")), r.namespace)) == best]
-        role = "the client's namespace" if ns == client.namespace else (
+        role = "the client's namespace" if not exported else (
             "the Service's namespace" if ns == server.namespace else "the root namespace")
+        chosen = entries[-1][1]
         names = ", ".join(f"{r.namespace}/{r.name}" for r in chosen)
         steps.append(Step("O4", f"DestinationRule {names} (host {chosen[0].spec.get('host')}) in {role} {ns} "
                                 f"applies to {client.ref} → {host}"))
-        for loser in candidates:
-            if loser not in chosen:
-                steps.append(Step("O4", f"DestinationRule {loser.namespace}/{loser.name} (host "
-                                        f"{loser.spec.get('host')}) loses to the more specific host"))
+        for _, ignored in entries[:-1]:
+            steps.append(Step("O4", f"DestinationRule {', '.join(f'{r.namespace}/{r.name}' for r in ignored)} has "
+                                    "another exportTo, so Istio keeps it apart and the sidecar uses the newer "
+                                    f"{names}"))
         return chosen, steps
     return [], steps
 
