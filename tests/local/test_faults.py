@@ -153,7 +153,7 @@ expect:
         probed = lab.run(scenario)["curl.foo->httpbin.foo:8000"]
         assert probed.result == ("denied" if kind == "AuthorizationPolicy" else "mtls"), probed.verdict.error
         return
-    with pytest.raises(BackendError, match=f"{kind} foo/x is not supported by the local backend yet"):
+    with pytest.raises(BackendError, match=f"{kind} foo/x is not emulated by the local backend.s emulated control plane; fix: run it with real istiod"):
         lab.run(scenario)
 
 
