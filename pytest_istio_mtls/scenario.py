@@ -453,17 +453,13 @@ class _Loader:
         if raw is None or not check.is_list(path, raw, f"containerPorts of workload '{workload}'"):
             return ()
         ports: list[Port] = []
-        for index, item in enumerate(raw):
+        for index, raw_item in enumerate(raw):
             where = (*path, index)
-            if isinstance(item, int) and not isinstance(item, bool):
-                item = {"port": item}
-            if not check.mapping(where, item, f"a container port of workload '{workload}'"):
+            item = _port_entry(check, where, raw_item, CONTAINER_PORT_KEYS,
+                               f"a container port of workload '{workload}'", "add port: <number>")
+            if item is None:
                 continue
-            check.keys(where, item, CONTAINER_PORT_KEYS, f"a container port of workload '{workload}'")
-            number = item.get("port")
-            if "port" not in item:
-                check.error(where, f"a container port of workload '{workload}' has no 'port'", "add port: <number>")
-                continue
+            number = item["port"]
             protocol = item.get("protocol", "http")
             if not check.port_number((*where, "port"), number, "port") or not check.choice(
                     (*where, "protocol"), protocol, PROTOCOLS, "protocol"):
@@ -493,17 +489,13 @@ class _Loader:
         if not check.is_list(path, raw, f"ports of workload '{workload}'"):
             return ()
         ports: list[Port] = []
-        for index, item in enumerate(raw):
+        for index, raw_item in enumerate(raw):
             where = (*path, index)
-            if isinstance(item, int) and not isinstance(item, bool):
-                item = {"port": item}
-            if not check.mapping(where, item, f"a port of workload '{workload}'"):
+            item = _port_entry(check, where, raw_item, PORT_KEYS, f"a port of workload '{workload}'",
+                               "add port: <Service port>")
+            if item is None:
                 continue
-            check.keys(where, item, PORT_KEYS, f"a port of workload '{workload}'")
-            number = item.get("port")
-            if "port" not in item:
-                check.error(where, f"a port of workload '{workload}' has no 'port'", "add port: <Service port>")
-                continue
+            number = item["port"]
             if not check.port_number((*where, "port"), number, "port"):
                 continue
             target = item.get("targetPort", number)
@@ -1067,3 +1059,17 @@ def load_policies(text: str, topology: Topology, mesh: MeshSettings | None = Non
     if errors:
         raise ScenarioError(errors)
     return tuple(validator.policies), tuple(diagnostics)
+
+
+def _port_entry(check: Checker, where: tuple[str | int, ...], item: Any, keys: tuple[str, ...], what: str,
+                fix: str) -> dict[str, Any] | None:
+    """One entry of `ports` or `containerPorts` as a mapping with a `port` (a bare number is short for it)."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        item = {"port": item}
+    if not check.mapping(where, item, what):
+        return None
+    check.keys(where, item, keys, what)
+    if "port" not in item:
+        check.error(where, f"{what} has no 'port'", fix)
+        return None
+    return dict(item)
