@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
+
+import pytest
 
 from pytest_istio_mtls import semantics
 from pytest_istio_mtls.backends.local import prober
@@ -179,3 +182,56 @@ def test_connection_opened_under_the_old_policy_is_drained(lab: Lab) -> None:
     finally:
         fresh.close()
     assert answer == b""
+
+
+REUSED_PORTS = FOO_BAR_LEGACY + """expect:
+  - {from: curl.foo, to: "httpbin.foo:9000", result: mtls}
+  - {from: curl.foo, to: "httpbin.bar:9000", result: mtls}
+  - {from: curl.legacy, to: "httpbin.foo:8000", result: plaintext}
+  - {from: curl.legacy, to: "httpbin.foo:9000", result: plaintext}
+"""
+
+
+def test_a_source_port_that_nat_rewrote_is_still_joined(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused ephemeral port makes conntrack rewrite the source port; evidence still joins (issue 8's rare ERROR).
+
+    The kernel keeps a client's ports unique per destination only, so it reuses one towards another Service now
+    and then. Redirected to the same sidecar port, the second connection's reply tuple would equal the first one's
+    (still in TIME_WAIT), and netfilter rewrites its source port: the sidecar logs a port the socket never had.
+    Here each client uses one fixed port for its two probes, so the rewrite happens every time, not 1 in 1,000:
+    in curl.foo's pod (both Services go to 15001) and in httpbin.foo's (8080 and 9000 both go to 15006).
+    """
+    pinned = {"curl.foo": 41001, "curl.legacy": 41002}
+    netns: dict[str, int] = {}
+    connect = prober._connect
+
+    def from_a_fixed_port(namespace: str, address: tuple[str, int], timeout: float,
+                          response: prober.Response) -> socket.socket | None:
+        port = netns.get(namespace)
+        if port is None:
+            return connect(namespace, address, timeout, response)
+        sock = prober.netns_socket(namespace)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the previous probe's port is in TIME_WAIT
+        sock.bind(("0.0.0.0", port))
+        sock.settimeout(timeout)
+        sock.connect(address)
+        local = sock.getsockname()
+        response.local = (str(local[0]), int(local[1]))
+        return sock
+
+    scenario = lab.load(REUSED_PORTS)
+    lab.backend.deploy(scenario.topology, scenario.mesh)
+    netns.update({lab.backend.pods[ref].netns: port for ref, port in pinned.items()})
+    monkeypatch.setattr(prober, "_connect", from_a_fixed_port)
+    probed = lab.run(scenario)
+    results = {pair: (row.result, row.verdict.error) for pair, row in probed.items()}
+    assert results == {"curl.foo->httpbin.foo:9000": ("mtls", ""), "curl.foo->httpbin.bar:9000": ("mtls", ""),
+                       "curl.legacy->httpbin.foo:8000": ("plaintext", ""),
+                       "curl.legacy->httpbin.foo:9000": ("plaintext", "")}, results
+    # The rewrites happened (else this test proves nothing): each sidecar logged a port other than the pinned one.
+    for pair, proxy, client in (("curl.foo->httpbin.bar:9000", "client_proxy", "curl.foo"),
+                                ("curl.legacy->httpbin.foo:9000", "server_proxy", "curl.legacy")):
+        evidence = getattr(probed[pair].observation.evidence, proxy)
+        seen = {str(e.get("downstream_remote_address")) for e in evidence.access_log}
+        pinned_address = f"{lab.backend.pods[client].ip}:{pinned[client]}"
+        assert seen and pinned_address not in seen, f"{pair}: no rewrite happened, the sidecar saw {seen}"

@@ -34,7 +34,7 @@ from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
 from ...options import Settings
 from .. import support
 from ..base import BackendError, BackendUnavailable, Progress
-from . import agent, envoy, prober, routing
+from . import agent, conntrack, envoy, prober, routing
 from .capture import PacketCapture, save, to_pcap
 from .certs import CertificateAuthority
 from .controlplane import SERVICE_CIDR
@@ -70,6 +70,31 @@ class Pod:
     @property
     def ref(self) -> str:
         return self.workload.ref
+
+
+@dataclass
+class Rewrites:
+    """Where NAT moved one probe's connection, read from both pods' connection tracking (conntrack.py).
+
+    Every join below goes through it: the client socket as its sidecar (or the wire) saw it, and the wire source as
+    the server's sidecar saw it.
+    """
+
+    dialed: conntrack.Address  # what the client app connected to (a Service address, or the pod's)
+    target: conntrack.Address  # the server pod's address and container port
+    client: conntrack.Table
+    server: conntrack.Table
+
+    def first_hop(self, local: conntrack.Address) -> conntrack.Address:
+        """The client socket as the client's sidecar sees it, or the wire when it has none."""
+        return conntrack.seen_as(self.client, local, self.dialed)
+
+    def from_client_sidecar(self, upstream: conntrack.Address) -> conntrack.Address:
+        """The client sidecar's upstream socket as it leaves the client pod."""
+        return conntrack.seen_as(self.client, upstream, self.target)
+
+    def at_server_sidecar(self, wire: conntrack.Address) -> conntrack.Address:
+        return conntrack.seen_as(self.server, wire, self.target)
 
 
 def iptables_rules(pod: Pod, services: Sequence[tuple[str, int, str, int]], interception: bool = True) -> str:
@@ -138,6 +163,7 @@ class LocalBackend:
         self.probe_timeout = min(5.0, settings.timeout)
         self._stats: dict[str, dict[str, int]] = {}
         self._windows: dict[str, tuple[float, float]] = {}  # probe marker → (sent, answered), epoch seconds
+        self._rewrites: dict[str, Rewrites] = {}  # probe marker → where NAT moved its connection
         self._generation = 0
         self.istiod: IstiodMesh | None = None  # --istio-control-plane=istiod: real Istio configures the sidecars
         self.credentials: ClientCredentials | None = None  # of clients that speak TLS themselves
@@ -621,6 +647,7 @@ class LocalBackend:
         self._wait_logs(probes, observations, locals_)
         for probe, (observation, pcap, local) in zip(probes, sent, strict=True):
             self._attach(probe, observation, pcap, local)
+            self._rewrites.pop(probe.marker, None)
         return observations
 
     def _probe_one(self, probe: Probe) -> tuple[Observation, bytes, tuple[str, int] | None]:
@@ -655,6 +682,9 @@ class LocalBackend:
             response = prober.tcp(client.netns, (address, probe.port.port), probe.marker, self.probe_timeout, tls)
         self._windows[probe.marker] = (sent_at, time.time())
         drained = self.capture.drain()
+        if address is not None and response.local is not None:  # read now: a closed connection's entry expires
+            self._rewrites[probe.marker] = self._tracked(client, server, (address, probe.port.port),
+                                                         (server.ip, probe.port.target_port))
         frames = drained.get(f"{server.netns}:lo" if client is server else server.veth, [])
         observation.status, observation.body = response.status, response.body[:4000]
         observation.error, observation.error_detail = response.error, response.detail  # type: ignore[assignment]
@@ -679,6 +709,13 @@ class LocalBackend:
         if not faults:  # something may have died during the probe
             evidence.faults.extend(self._health([client, server], probe))
         return observation, to_pcap(frames), response.local
+
+    @staticmethod
+    def _tracked(client: Pod, server: Pod, dialed: conntrack.Address, target: conntrack.Address) -> Rewrites:
+        near = conntrack.read(client.netns)
+        far = near if server is client else conntrack.read(server.netns)
+        return Rewrites(dialed, target, {k: v for k, v in near.items() if k[1] in (dialed, target)},
+                        {k: v for k, v in far.items() if k[1] == target})
 
     def _read_logs(self, pod: Pod) -> None:
         if pod.agent_log is not None:
@@ -739,7 +776,8 @@ class LocalBackend:
             for probe, observation, local in zip(probes, observations, locals_, strict=True):
                 evidence = observation.evidence
                 if evidence.client_proxy is not None and local is not None:
-                    evidence.client_proxy.access_log = self._entries(probe.source.ref, "outbound", local, probe)
+                    evidence.client_proxy.access_log = self._entries(probe.source.ref, "outbound",
+                                                                     self._first_hop(probe, local), probe)
                     if not evidence.client_proxy.access_log:
                         pending[probe.pair] = "client sidecar access-log entry"
                         continue
@@ -748,22 +786,36 @@ class LocalBackend:
                 if evidence.server_proxy is not None and (
                         (probe.port.protocol == "tcp" and observation.echoed)
                         or evidence.server_proxy.count("rbac.denied")) and \
-                        not self._entries(probe.target.ref, "inbound", self._wire_source(observation, local), probe):
+                        not self._entries(probe.target.ref, "inbound",
+                                          self._at_server_sidecar(probe, self._wire_source(probe, observation, local)),
+                                          probe):
                     pending[probe.pair] = "server sidecar access-log entry"
             return bool(pending)
 
         with contextlib.suppress(BackendError):
             self._poll(missing, "access logs", pending)
 
-    def _wire_source(self, observation: Observation, local: tuple[str, int] | None) -> tuple[str, int] | None:
-        """The client's address on the wire: its sidecar's upstream socket, or the app's own socket."""
+    def _first_hop(self, probe: Probe, local: tuple[str, int]) -> tuple[str, int]:
+        rewrites = self._rewrites.get(probe.marker)
+        return rewrites.first_hop(local) if rewrites is not None else local
+
+    def _at_server_sidecar(self, probe: Probe, wire: tuple[str, int] | None) -> tuple[str, int] | None:
+        rewrites = self._rewrites.get(probe.marker)
+        return rewrites.at_server_sidecar(wire) if rewrites is not None and wire is not None else wire
+
+    def _wire_source(self, probe: Probe, observation: Observation,
+                     local: tuple[str, int] | None) -> tuple[str, int] | None:
+        """The client's address on the wire: its sidecar's upstream socket, or the app's own socket (each as NAT in
+        the client pod left it)."""
         client_proxy = observation.evidence.client_proxy
+        rewrites = self._rewrites.get(probe.marker)
         if client_proxy is None:
-            return local
+            return self._first_hop(probe, local) if local is not None else None
         for entry in client_proxy.access_log:
             host, _, port = str(entry.get("upstream_local_address", "")).rpartition(":")
             if port.isdigit():
-                return host, int(port)
+                upstream = (host, int(port))
+                return rewrites.from_client_sidecar(upstream) if rewrites is not None else upstream
         return None
 
     def _attach(self, probe: Probe, observation: Observation, pcap: bytes, local: tuple[str, int] | None) -> None:
@@ -772,7 +824,7 @@ class LocalBackend:
         if server is None or local is None:
             return
         evidence = observation.evidence
-        wire = self._wire_source(observation, local)
+        wire = self._wire_source(probe, observation, local)
         path = ""
         if self.settings.report is not None:
             scenario = self.scenario.name if self.scenario is not None else "scenario"
@@ -790,7 +842,8 @@ class LocalBackend:
             evidence.capture = capture.analyse(pcap, interface=interface, server=destination, client=wire,
                                                marker=probe.marker, pcap_path=path)
         if evidence.server_proxy is not None and wire is not None:
-            evidence.server_proxy.access_log = self._entries(server.ref, "inbound", wire, probe)
+            evidence.server_proxy.access_log = self._entries(server.ref, "inbound",
+                                                             self._at_server_sidecar(probe, wire), probe)
             if not evidence.peer_identity:
                 peer = next((str(e["downstream_peer_uri_san"]) for e in evidence.server_proxy.access_log
                              if str(e.get("downstream_peer_uri_san", "-")).startswith("spiffe://")), "")

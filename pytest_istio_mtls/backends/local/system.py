@@ -16,8 +16,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from ..base import BackendError, BackendUnavailable
+
+T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
@@ -99,12 +102,15 @@ def envoy_binary() -> str:
                              "(or point ISTIO_MTLS_ENVOY at an envoy binary)")
 
 
-def netns_socket(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
-                 proto: int = 0) -> socket.socket:
-    """A socket created inside network namespace ``netns`` (usable from any thread afterwards)."""
-    result: dict[str, object] = {}
+def in_netns(netns: str, function: Callable[[], T]) -> T:
+    """``function()`` run in a thread that entered network namespace ``netns`` (the process stays where it is).
 
-    def enter_and_create() -> None:
+    What it creates there stays there: a socket made inside is usable from any thread afterwards, and
+    /proc/thread-self/net shows that namespace.
+    """
+    result: dict[str, Any] = {}
+
+    def enter_and_call() -> None:
         try:
             fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
         except OSError as exc:
@@ -115,19 +121,24 @@ def netns_socket(netns: str, family: int = socket.AF_INET, kind: int = socket.SO
                 errno = ctypes.get_errno()
                 result["error"] = OSError(errno, f"setns({netns}): {os.strerror(errno)}")
                 return
-            result["socket"] = socket.socket(family, kind, proto)
+            result["value"] = function()
+        except OSError as exc:
+            result["error"] = exc
         finally:
             os.close(fd)
 
-    worker = threading.Thread(target=enter_and_create, name=f"netns-{netns}")
+    worker = threading.Thread(target=enter_and_call, name=f"netns-{netns}")
     worker.start()
     worker.join()
-    error = result.get("error")
-    if isinstance(error, OSError):
-        raise error
-    created = result["socket"]
-    assert isinstance(created, socket.socket)
-    return created
+    if "error" in result:
+        raise result["error"]
+    return cast(T, result["value"])
+
+
+def netns_socket(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+                 proto: int = 0) -> socket.socket:
+    """A socket created inside network namespace ``netns`` (usable from any thread afterwards)."""
+    return in_netns(netns, lambda: socket.socket(family, kind, proto))
 
 
 def pid_alive(pid: int) -> bool:
