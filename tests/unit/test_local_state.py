@@ -67,3 +67,28 @@ def test_a_dead_owners_run_is_swept(root: Path) -> None:
     removed = state.sweep()
     assert removed == [f"run {run.run_id}: removed 0 network namespaces, 0 processes"]
     assert not run.directory.exists()
+
+
+def test_a_run_that_starts_during_a_sweep_keeps_its_namespaces(root: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep lists the run records, then the namespaces; a run created in between is not an orphan."""
+    root.mkdir()
+    netns_dir = tmp_path / "netns"
+    netns_dir.mkdir()
+    monkeypatch.setattr(state, "NETNS_DIR", str(netns_dir))
+    deleted: list[str] = []
+    monkeypatch.setattr(state.subprocess, "run", lambda args, **kwargs: deleted.append(args[-1]))
+    iterdir = Path.iterdir
+
+    def a_run_starts_right_after_listing(self: Path) -> object:
+        listed = list(iterdir(self))
+        if self == root:  # the other run: its record first, then its namespace (as LocalBackend.start does)
+            started = state.new_run()
+            (netns_dir / f"{state.PREFIX}-{started.run_id}-hub").touch()
+        return iter(listed)
+
+    monkeypatch.setattr(Path, "iterdir", a_run_starts_right_after_listing)
+    orphan = netns_dir / f"{state.PREFIX}-0a0a0a-hub"  # no record at all: really left behind
+    orphan.touch()
+    assert state.sweep() == [f"orphan network namespace {orphan.name}"]
+    assert deleted == [orphan.name]

@@ -144,6 +144,12 @@ def _owner_alive(state: RunState) -> bool:
     return pid_alive(state.owner_pid) and "python" in cmdline(state.owner_pid)
 
 
+def _recorded_now(run_id: str) -> bool:
+    """Does a run record exist *now*? A run that started while this sweep ran has its record (staged first) before
+    its first namespace, so checking again here never takes a live run's namespace for an orphan."""
+    return (STATE_ROOT / run_id).exists() or (STATE_ROOT / f".new-{run_id}").exists()
+
+
 def sweep(*, include_kept: bool = False, only: str | None = None) -> list[str]:
     """Tear down runs whose owner is gone (and kept runs when asked); return one line per run removed."""
     removed: list[str] = []
@@ -174,7 +180,8 @@ def sweep(*, include_kept: bool = False, only: str | None = None) -> list[str]:
     if os.path.isdir(NETNS_DIR):
         for name in sorted(os.listdir(NETNS_DIR)):
             parts = name.split("-")
-            if len(parts) >= 3 and parts[0] == PREFIX and parts[1] not in known and (only in (None, parts[1])):
+            if len(parts) >= 3 and parts[0] == PREFIX and parts[1] not in known and (only in (None, parts[1])) \
+                    and not _recorded_now(parts[1]):
                 subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
                 shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
                 removed.append(f"orphan network namespace {name}")
