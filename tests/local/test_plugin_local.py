@@ -156,9 +156,16 @@ RANDOM_DELAY = round(random.uniform(0.3, 4.0), 2)  # a different moment on every
 def test_interrupted_run_leaves_nothing_behind(delay: float, sig: signal.Signals) -> None:
     """Ctrl-C (or SIGTERM) at various moments of a run: no netns, process, /etc/netns entry or key file remains."""
     before = snapshot()
-    process = subprocess.Popen([sys.executable, "-m", "pytest", "--istio-scenarios", "builtin",
-                                "--istio-backend=local", "-p", "no:cacheprovider", "-q"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/tmp")
+    # The child must start with SIGINT at its default, as from a shell prompt. A command a script starts with `&`
+    # inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: the test would send Ctrl-C to
+    # a deaf child. A handler (unlike SIG_IGN) is not inherited across exec, so setting one here is enough.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "pytest", "--istio-scenarios", "builtin",
+                                    "--istio-backend=local", "-p", "no:cacheprovider", "-q"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/tmp")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     time.sleep(delay)
     process.send_signal(sig)
     output, _ = process.communicate(timeout=120)
