@@ -122,7 +122,7 @@ def in_netns(netns: str, function: Callable[[], T]) -> T:
                 result["error"] = OSError(errno, f"setns({netns}): {os.strerror(errno)}")
                 return
             result["value"] = function()
-        except OSError as exc:
+        except Exception as exc:  # raised again in the calling thread
             result["error"] = exc
         finally:
             os.close(fd)
