@@ -77,21 +77,6 @@ def test_no_mutual_tls_with_user_certificates(doc: generate.Doc) -> None:
     assert "MUTUAL'" not in repr(doc).replace("ISTIO_MUTUAL'", "")
 
 
-@PROPERTY
-@given(documents())
-def test_no_generated_scenario_has_rows_the_local_backend_cannot_judge(doc: generate.Doc) -> None:
-    assert not generate.unobservable(doc["topology"], doc.get("policies") or [])
-
-
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "data" / "crosscheck").glob("*.yaml")),
-                         ids=lambda p: p.stem)
-def test_the_scenarios_behind_the_generator_exclusion_are_excluded(path: Path) -> None:
-    """Each regression scenario with a TCP denial the local backend cannot join is what ``unobservable`` names."""
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    tcp_denied = any(r["result"] == "denied" for r in doc["expect"])
-    assert generate.unobservable(doc["topology"], doc["policies"]) is tcp_denied
-
-
 def test_the_same_seed_draws_the_same_topologies() -> None:
     assert runner.topologies(60, 7) == runner.topologies(60, 7)
     assert runner.topologies(60, 7) != runner.topologies(60, 8)

@@ -84,6 +84,9 @@ class Rewrites:
     target: conntrack.Address  # the server pod's address and container port
     client: conntrack.Table
     server: conntrack.Table
+    # Connections from the client pod to the target that appeared during the probe, the app's own excepted: the
+    # client sidecar's upstream socket, which it does not log when the upstream TLS handshake failed.
+    opened: list[conntrack.Address] = field(default_factory=list)
 
     def first_hop(self, local: conntrack.Address) -> conntrack.Address:
         """The client socket as the client's sidecar sees it, or the wire when it has none."""
@@ -663,6 +666,8 @@ class LocalBackend:
         faults = self._health([client, server], probe)
         before = {ref: self._stats.get(ref) or self._read_stats(pod) for ref, pod in involved.items()}
         self.capture.drain()  # discard frames of earlier traffic
+        target = (server.ip, probe.port.target_port)
+        earlier = {k for k in conntrack.read(client.netns) if k[1] == target} if client.workload.sidecar else set()
         sent_at = time.time()
         address = server.ip if probe.port.pod else self._resolve(client, probe.target)
         host = server.ip if probe.port.pod else probe.target.host
@@ -683,8 +688,8 @@ class LocalBackend:
         self._windows[probe.marker] = (sent_at, time.time())
         drained = self.capture.drain()
         if address is not None and response.local is not None:  # read now: a closed connection's entry expires
-            self._rewrites[probe.marker] = self._tracked(client, server, (address, probe.port.port),
-                                                         (server.ip, probe.port.target_port))
+            self._rewrites[probe.marker] = self._tracked(client, server, (address, probe.port.port), target,
+                                                         earlier, response.local)
         frames = drained.get(f"{server.netns}:lo" if client is server else server.veth, [])
         observation.status, observation.body = response.status, response.body[:4000]
         observation.error, observation.error_detail = response.error, response.detail  # type: ignore[assignment]
@@ -711,11 +716,14 @@ class LocalBackend:
         return observation, to_pcap(frames), response.local
 
     @staticmethod
-    def _tracked(client: Pod, server: Pod, dialed: conntrack.Address, target: conntrack.Address) -> Rewrites:
+    def _tracked(client: Pod, server: Pod, dialed: conntrack.Address, target: conntrack.Address,
+                 earlier: set[tuple[conntrack.Address, conntrack.Address]], local: conntrack.Address) -> Rewrites:
         near = conntrack.read(client.netns)
         far = near if server is client else conntrack.read(server.netns)
+        opened = [k[0] for k in near if k[1] == target and k not in earlier and k[0] != local] \
+            if client.workload.sidecar else []
         return Rewrites(dialed, target, {k: v for k, v in near.items() if k[1] in (dialed, target)},
-                        {k: v for k, v in far.items() if k[1] == target})
+                        {k: v for k, v in far.items() if k[1] == target}, opened)
 
     def _read_logs(self, pod: Pod) -> None:
         if pod.agent_log is not None:
@@ -782,13 +790,13 @@ class LocalBackend:
                         pending[probe.pair] = "client sidecar access-log entry"
                         continue
                 # A TCP peer identity, or the policy an RBAC denial matched (HTTP and TCP), is only in the server
-                # sidecar's log (no XFCC, no status on raw TCP); _attach joins it.
-                if evidence.server_proxy is not None and (
+                # sidecar's log (no XFCC, no status on raw TCP); _attach joins it. Without a wire address it
+                # cannot be joined, so there is nothing to wait for.
+                wire = self._wire_source(probe, observation, local)
+                if evidence.server_proxy is not None and wire is not None and (
                         (probe.port.protocol == "tcp" and observation.echoed)
                         or evidence.server_proxy.count("rbac.denied")) and \
-                        not self._entries(probe.target.ref, "inbound",
-                                          self._at_server_sidecar(probe, self._wire_source(probe, observation, local)),
-                                          probe):
+                        not self._entries(probe.target.ref, "inbound", self._at_server_sidecar(probe, wire), probe):
                     pending[probe.pair] = "server sidecar access-log entry"
             return bool(pending)
 
@@ -816,6 +824,10 @@ class LocalBackend:
             if port.isdigit():
                 upstream = (host, int(port))
                 return rewrites.from_client_sidecar(upstream) if rewrites is not None else upstream
+        # Logged, but without its upstream socket (Envoy leaves it out when the upstream TLS handshake failed):
+        # the one connection to the target that appeared in the client pod during the probe is that socket.
+        if client_proxy.access_log and rewrites is not None and len(rewrites.opened) == 1:
+            return rewrites.from_client_sidecar(rewrites.opened[0])
         return None
 
     def _attach(self, probe: Probe, observation: Observation, pcap: bytes, local: tuple[str, int] | None) -> None:
