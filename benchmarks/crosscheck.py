@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     load_before = os.getloadavg()
     started = time.perf_counter()
-    command = [sys.executable, "-m", "pytest_istio_mtls.cli", "crosscheck", "--count", str(args.count),
+    command = [sys.executable, "-m", "pytest_istio_mtls", "crosscheck", "--count", str(args.count),
                "--seed", str(args.seed), "--istio-version", args.istio_version, "--json"]
     done = subprocess.run(command + (["--out", args.out] if args.out else []), capture_output=True, text=True,
                           check=False)

@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 
 from pytest_istio_mtls.backends.local import LocalBackend, prober
+from pytest_istio_mtls.judge.observation import Probe
+from pytest_istio_mtls.judge.verdict import decide
 from pytest_istio_mtls.model import Scenario, default_topology
-from pytest_istio_mtls.observation import Probe
 from pytest_istio_mtls.options import Settings
-from pytest_istio_mtls.scenario import load_scenario
-from pytest_istio_mtls.verdict import decide
+from pytest_istio_mtls.scenario.loader import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 STRICT = """

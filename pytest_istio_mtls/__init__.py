@@ -6,12 +6,12 @@ Everything else is reached through ``pytest --istio-scenarios`` and the fixtures
 """
 
 from ._version import __version__
-from .diagnostics import Diagnostic, ScenarioError
+from .judge.observation import Observation, Probe
+from .judge.verdict import Verdict, decide
 from .model import Expectation, MeshSettings, Result, Scenario, Topology, Workload, default_topology
-from .observation import Observation, Probe
-from .scenario import load_scenario
-from .semantics import Prediction, predict, predict_all
-from .verdict import Verdict, decide
+from .model.diagnostics import Diagnostic, ScenarioError
+from .oracle.mtls import Prediction, predict, predict_all
+from .scenario.loader import load_scenario
 
 __all__ = [
     "Diagnostic",

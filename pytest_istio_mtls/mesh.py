@@ -22,9 +22,9 @@ from typing import Any, NoReturn
 import pytest
 import yaml
 
-from . import semantics
 from .backends import Backend
-from .diagnostics import did_you_mean
+from .judge.observation import Observation, Probe
+from .judge.verdict import Verdict, decide
 from .model import (
     CONCRETE_RESULTS,
     EXPECTABLE_RESULTS,
@@ -36,9 +36,10 @@ from .model import (
     Topology,
     Workload,
 )
-from .observation import Observation, Probe
-from .scenario import Unresolved, display_path, load_policies, resolve_port, resolve_workload
-from .verdict import Verdict, decide
+from .model.diagnostics import did_you_mean
+from .oracle import mtls
+from .scenario.loader import display_path, load_policies
+from .scenario.resolve import Unresolved, resolve_port, resolve_workload
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULT_NAMES = [r.value for r in EXPECTABLE_RESULTS]
@@ -62,7 +63,7 @@ class ProbeResult:
 
     observation: Observation
     verdict: Verdict
-    prediction: semantics.Prediction
+    prediction: mtls.Prediction
     scenario: Scenario  # what was in force: the policies the oracle predicted from
 
     @property
@@ -190,7 +191,7 @@ class Mesh:
             _fail(port)
         probe = Probe(client, server, port, request or Request())
         observation = self.backend.probe([probe])[0]
-        prediction = semantics.predict(self.scenario, client, server, port, probe.request)
+        prediction = mtls.predict(self.scenario, client, server, port, probe.request)
         return ProbeResult(observation, decide(observation), prediction, self.scenario)
 
 

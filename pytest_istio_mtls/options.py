@@ -260,7 +260,7 @@ def _scenario_arguments(config: pytest.Config) -> tuple[Path, ...]:
     """Scenario files named as arguments (``pytest tests/mesh/x.yaml``): naming one asks to run it."""
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         return ()
-    from .scenario import looks_like_scenario
+    from .scenario.loader import looks_like_scenario
 
     paths = (argument_path(config, arg) for arg in config.args)
     return tuple(path for path in paths if path.is_file() and looks_like_scenario(path))

@@ -20,8 +20,8 @@ import pytest
 
 from . import options
 from .backends.base import BackendUnavailable
-from .diagnostics import ScenarioError
 from .model import Expectation, Result, Scenario, Topology, default_topology
+from .model.diagnostics import ScenarioError
 
 if TYPE_CHECKING:
     from .run import Outcome, Run
@@ -118,7 +118,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> ScenarioFi
     config = parent.config
     if config.stash[SETTINGS_KEY].scenarios is None:
         return None
-    from .scenario import looks_like_scenario
+    from .scenario.loader import looks_like_scenario
 
     resolved = file_path.resolve()
     if not any(resolved == root or root in resolved.parents for root in config.stash[ROOTS_KEY]):
@@ -137,7 +137,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 class ScenarioFile(pytest.File):
     def collect(self) -> Iterator[ScenarioNode]:
-        from .scenario import load_scenario
+        from .scenario.loader import load_scenario
 
         try:
             scenario = load_scenario(self.path)
@@ -352,7 +352,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
                 write_all(report, settings.report)
             if settings.update_expectations and report is not None:
-                from .update import update_expectations
+                from .commands.update import update_expectations
 
                 config.stash[UPDATE_KEY] = update_expectations(report).lines()
     if worker is None:
@@ -425,7 +425,7 @@ def istio_probe(request: pytest.FixtureRequest, istio_mesh: Any) -> Callable[...
     """``istio_probe("curl.foo", "httpbin.foo:8000")`` → a ProbeResult with ``.result`` (mtls, plaintext,
     refused, unavailable, denied, or None when unproven), ``.verdict``, ``.observation``, ``.prediction``.
     Each probe is a row of the ``--istio-report`` (a scenario named after the test)."""
-    from .scenario import display_path
+    from .scenario.loader import display_path
 
     run = session_run(request.config)
     node = request.node

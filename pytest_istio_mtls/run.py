@@ -17,16 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from . import backends, semantics
+from . import backends
 from .backends import Backend, BackendError, BackendUnavailable, Progress, support
-from .diagnostics import plural
-from .model import Expectation, Result, Scenario, Step
-from .observation import Observation, Probe
+from .judge.observation import Observation, Probe
+from .judge.verdict import Verdict, decide
+from .model import Expectation, Result, Scenario
+from .model.diagnostics import plural
 from .options import Settings
-from .report.model import Report, Row, RowStatus, ScenarioReport, StepReport
-from .scenario import display_path
-from .semantics import Prediction
-from .verdict import Verdict, decide
+from .oracle import mtls
+from .oracle.mtls import Prediction
+from .report.model import Report, Row, RowStatus, ScenarioReport, step_report
+from .scenario.loader import display_path
 
 Status = Literal["correct", "wrong", "error", "not run"]
 RowKey = tuple[str, str]  # (scenario key, pair id)
@@ -45,12 +46,6 @@ def title(scenario: Scenario) -> str:
 def quoted(scenario: Scenario) -> str:
     """``scenario 'NAME'`` or ``scenario 'NAME' at step 'STEP'``, in messages about a whole batch."""
     return f"scenario '{scenario.scenario_name}'" + (f" at step '{scenario.step}'" if scenario.step else "")
-
-
-def step_report(step: Step) -> StepReport:
-    return StepReport(name=step.name, number=step.number, description=step.description,
-                      policies=[p.ref for p in step.policies], added=list(step.added), changed=list(step.changed),
-                      removed=list(step.removed))
 
 
 @dataclass
@@ -246,7 +241,7 @@ class Run:
         kept = self.kept
         # A backend that cannot start stops the session here, before any row is recorded.
         backend = self.backend if kept is None and cannot is None else None
-        outcomes = [Outcome(scenario, e, semantics.predict(scenario, e.source, e.target, e.port, e.request))
+        outcomes = [Outcome(scenario, e, mtls.predict(scenario, e.source, e.target, e.port, e.request))
                     for e in expectations]
         for outcome in outcomes:
             self.outcomes[(key, outcome.expectation.pair)] = outcome
@@ -338,7 +333,7 @@ class Run:
             for exp in expectations:
                 found = self.outcomes.get((key, exp.pair))
                 if found is None or ((key, exp.pair) not in self._reported and not found.not_run):
-                    prediction = found.prediction if found is not None else semantics.predict(
+                    prediction = found.prediction if found is not None else mtls.predict(
                         scenario, exp.source, exp.target, exp.port, exp.request)
                     found = Outcome(scenario, exp, prediction, not_run=never)
                 scenario_rows.append(found.row())

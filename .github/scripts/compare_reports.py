@@ -4,7 +4,7 @@
 Usage: compare_reports.py MATRIX_JSON REPORTS_DIR, where REPORTS_DIR holds one directory per cell
 named ``report-<istio version>`` with a report.json inside. Each version is compared with the
 ``previous`` version its matrix entry names (the next older minor), by the code of
-``pytest-istio-mtls diff`` (pytest_istio_mtls/diff.py, so the package must be installed). Prints Markdown.
+``pytest-istio-mtls diff`` (pytest_istio_mtls/commands/diff.py, so the package must be installed). Prints Markdown.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_istio_mtls.diff import ReportError, compare, load, render_markdown
+from pytest_istio_mtls.commands.diff import ReportError, compare, load, render_markdown
 
 
 def main(argv: list[str]) -> int:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from ..judge.observation import Observation, Probe
 from ..model import MeshSettings, Scenario, Topology
-from ..observation import Observation, Probe
 
 Progress = Callable[[str], None]
 

@@ -23,7 +23,8 @@ from .kube import istio
 from .kube.backend import KubeBackend
 from .kube.client import PLURALS, Kube
 from .kube.cluster import Cluster, check_docker, wait_usable
-from .kube.manifests import MANAGED_BY, images
+from .kube.manifests import images
+from .kube.naming import MANAGED_BY
 from .kube.tools import cache_dir, host_platform, istioctl_binary, kind_binary
 from .kube.versions import KIND_VERSION, fetch_releases, needs_releases, node_image_for, resolve
 

@@ -7,9 +7,8 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from .model import Report, Row
+from .model import Report, Row, capture_of, capture_path
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
 CAPTURE_DIRS = ("captures", "pcaps")  # the local backend's captures/<scenario>/, kind's and existing's pcaps/
@@ -37,18 +36,6 @@ def clear(directory: Path) -> list[Path]:
     return removed
 
 
-def _capture(row: Row) -> dict[str, Any] | None:
-    """The capture part of a row's observation (``evidence.evidence.capture`` in report.json)."""
-    capture = ((row.evidence or {}).get("evidence") or {}).get("capture")
-    return capture if isinstance(capture, dict) else None
-
-
-def capture_path(row: Row) -> str:
-    """The row's kept capture file ("" when none), as its evidence records it."""
-    capture = _capture(row)
-    return str(capture.get("pcap") or "") if capture is not None else ""
-
-
 def relative_captures(report: Report, directory: Path) -> Report:
     """A copy whose capture paths (evidence and message) are relative to ``directory``, where the report files
     go, so their links still work once the directory is uploaded as a CI artifact or moved. Paths outside
@@ -61,7 +48,7 @@ def relative_captures(report: Report, directory: Path) -> Report:
             return row
         text = Path(path).resolve().relative_to(base).as_posix()
         assert row.evidence is not None
-        recorded = {**row.evidence["evidence"], "capture": {**(_capture(row) or {}), "pcap": text}}
+        recorded = {**row.evidence["evidence"], "capture": {**(capture_of(row) or {}), "pcap": text}}
         evidence = {**row.evidence, "evidence": recorded}
         return replace(row, evidence=evidence, message=row.message.replace(path, text))
 

@@ -11,8 +11,7 @@ from dataclasses import replace
 from html import escape
 from urllib.parse import quote
 
-from . import capture_path
-from .model import Report, Row, ScenarioReport, StepReport, row_anchor
+from .model import Report, Row, ScenarioReport, StepReport, capture_path, row_anchor
 from .terminal import (
     cell_text,
     disagrees,

@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..scenario import display_path
-from . import capture_path
-from .model import row_anchor
+from ..scenario.loader import display_path
+from .model import capture_path, row_anchor
 
 if TYPE_CHECKING:
     from ..run import Outcome

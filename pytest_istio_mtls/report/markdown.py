@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from ..diagnostics import plural
-from . import capture_path
-from .model import Report, Row, ScenarioReport, StepReport, row_anchor
+from ..model.diagnostics import plural
+from .model import Report, Row, ScenarioReport, StepReport, capture_path, row_anchor
 from .terminal import (
     cell_text,
     disagrees,

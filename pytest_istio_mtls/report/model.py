@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._version import __version__
+from ..model import Step
 
 SCHEMA_VERSION = 1
 RowStatus = Literal["correct", "wrong", "error", "predicted", "not run"]
@@ -153,6 +154,25 @@ class Report:
             "counts": self.counts(),
             "scenarios": [scenario.to_json() for scenario in self.scenarios],
         }
+
+
+def capture_of(row: Row) -> dict[str, Any] | None:
+    """The capture part of a row's observation (``evidence.evidence.capture`` in report.json)."""
+    capture = ((row.evidence or {}).get("evidence") or {}).get("capture")
+    return capture if isinstance(capture, dict) else None
+
+
+def capture_path(row: Row) -> str:
+    """The row's kept capture file ("" when none), as its evidence records it."""
+    capture = capture_of(row)
+    return str(capture.get("pcap") or "") if capture is not None else ""
+
+
+def step_report(step: Step) -> StepReport:
+    """A step of a scenario (the model's ``Step``) as its report records it."""
+    return StepReport(name=step.name, number=step.number, description=step.description,
+                      policies=[p.ref for p in step.policies], added=list(step.added), changed=list(step.changed),
+                      removed=list(step.removed))
 
 
 def row_anchor(file: str, row: Row) -> str:

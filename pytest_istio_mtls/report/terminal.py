@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..diagnostics import plural
 from ..model import Result, row_id
+from ..model.diagnostics import plural
 from .model import Report, Row, ScenarioReport, StepReport
 
 # The order results are counted in for prediction reports (the oracle never predicts allowed/blocked).

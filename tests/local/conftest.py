@@ -50,7 +50,7 @@ def _istio_build(_local_prerequisites: None, pytestconfig: pytest.Config) -> Non
     """`python -m pytest` on a fresh checkout builds real Istio once (shown as it goes), like build-istio."""
     if CONTROL_PLANE != "istiod":
         return
-    from pytest_istio_mtls import istiobuild
+    from pytest_istio_mtls.build import istio as istiobuild
 
     if istiobuild.find_build() is not None:
         return

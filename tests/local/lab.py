@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_istio_mtls.backends.local import LocalBackend
+from pytest_istio_mtls.judge.observation import Observation, Probe
+from pytest_istio_mtls.judge.verdict import Verdict, decide
 from pytest_istio_mtls.model import Scenario
-from pytest_istio_mtls.observation import Observation, Probe
-from pytest_istio_mtls.scenario import load_scenario
-from pytest_istio_mtls.verdict import Verdict, decide
+from pytest_istio_mtls.scenario.loader import load_scenario
 
 FOO_BAR_LEGACY = """
 topology:

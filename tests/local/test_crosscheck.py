@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from pytest_istio_mtls.backends.local import LocalBackend
-from pytest_istio_mtls.crosscheck import runner
+from pytest_istio_mtls.commands.crosscheck import runner
 from pytest_istio_mtls.model import Result
 from pytest_istio_mtls.options import Settings
-from pytest_istio_mtls.scenario import load_scenario
+from pytest_istio_mtls.scenario.loader import load_scenario
 
-from ..unit.test_crosscheck_generate import strict_is_permissive
+from ..unit.commands.test_crosscheck import strict_is_permissive
 from .conftest import CONTROL_PLANE
 
 pytestmark = pytest.mark.skipif(CONTROL_PLANE != "istiod", reason="the crosscheck measures the oracle against "
@@ -25,7 +25,7 @@ REGRESSIONS = Path(__file__).parents[1] / "unit" / "data" / "crosscheck"
 
 
 def test_the_command_checks_generated_scenarios_and_prints_its_figures(pytester: pytest.Pytester) -> None:
-    result = pytester.run(sys.executable, "-m", "pytest_istio_mtls.cli", "crosscheck", "--count", "3", "--seed",
+    result = pytester.run(sys.executable, "-m", "pytest_istio_mtls", "crosscheck", "--count", "3", "--seed",
                           "11", "--out", "found", "--json", timeout=600)
     assert result.ret == 0, result.stderr.str()
     result.stderr.fnmatch_lines([

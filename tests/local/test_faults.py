@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pytest_istio_mtls.backends.base import BackendError
-from pytest_istio_mtls.backends.local.backend import ECHO_SCRIPT
-from pytest_istio_mtls.observation import Probe
-from pytest_istio_mtls.verdict import decide
+from pytest_istio_mtls.backends.local.pods import ECHO_SCRIPT
+from pytest_istio_mtls.judge.observation import Probe
+from pytest_istio_mtls.judge.verdict import decide
 
 from .conftest import CONTROL_PLANE
 from .lab import FOO_BAR_LEGACY, Lab, Probed

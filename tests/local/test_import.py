@@ -14,8 +14,8 @@ import yaml
 
 from pytest_istio_mtls.backends.kube.client import Kube
 from pytest_istio_mtls.backends.local import LocalBackend
-from pytest_istio_mtls.cli import main
-from pytest_istio_mtls.scenario import load_scenario
+from pytest_istio_mtls.commands.cli import main
+from pytest_istio_mtls.scenario.loader import load_scenario
 
 from .conftest import CONTROL_PLANE
 

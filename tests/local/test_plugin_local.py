@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from pytest_istio_mtls.backends.support import unsupported
-from pytest_istio_mtls.scenario import load_scenario
+from pytest_istio_mtls.scenario.loader import load_scenario
 
 from .conftest import CONTROL_PLANE
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pytest_istio_mtls import semantics
 from pytest_istio_mtls.backends.local import prober
+from pytest_istio_mtls.oracle.mtls import predict
 
 from .conftest import CONTROL_PLANE
 from .lab import FOO_BAR_LEGACY, STRICT_FOO, Lab
@@ -52,7 +52,7 @@ def test_every_result_class_is_observed_with_its_evidence(lab: Lab) -> None:
     probed = lab.run(scenario)
     for expectation in scenario.expectations:
         got = probed[expectation.pair]
-        prediction = semantics.predict(scenario, expectation.source, expectation.target, expectation.port)
+        prediction = predict(scenario, expectation.source, expectation.target, expectation.port)
         assert got.result == expectation.result.value == prediction.result.value, (
             f"{expectation.pair}: {got.verdict.error or got.verdict.because}")
     mtls = probed["curl.foo->httpbin.foo:9000"].observation.evidence
@@ -120,8 +120,8 @@ expect:
 
 
 def _assert_denied(backend: Any, scenario: Any) -> None:
-    from pytest_istio_mtls.observation import Probe
-    from pytest_istio_mtls.verdict import decide
+    from pytest_istio_mtls.judge.observation import Probe
+    from pytest_istio_mtls.judge.verdict import decide
 
     probe = scenario.expectations[0]
     observation = backend.probe([Probe(probe.source, probe.target, probe.port)])[0]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_istio_mtls import semantics
 from pytest_istio_mtls.backends.local import LocalBackend, prober
 from pytest_istio_mtls.backends.local.routing import cluster_hosts
 from pytest_istio_mtls.backends.local.system import poll
 from pytest_istio_mtls.model import Scenario
+from pytest_istio_mtls.oracle import mtls
 
 from .conftest import CONTROL_PLANE
 from .lab import Lab, Probed
@@ -66,7 +66,7 @@ expect:
 def judged_as_predicted(scenario: Scenario, probed: dict[str, Probed]) -> None:
     for row in scenario.expectations:
         got = probed[row.pair]
-        prediction = semantics.predict(scenario, row.source, row.target, row.port, row.request)
+        prediction = mtls.predict(scenario, row.source, row.target, row.port, row.request)
         assert got.result == row.result.value == prediction.result.value, (
             f"{row.pair}: {got.verdict.error or got.verdict.because}")
 

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from pytest_istio_mtls.backends.local import LocalBackend
-from pytest_istio_mtls.scenario import load_scenario
+from pytest_istio_mtls.scenario.loader import load_scenario
 
 from .conftest import CONTROL_PLANE
 from .lab import Lab

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_istio_mtls import semantics
+from pytest_istio_mtls.judge.observation import Observation, Probe
+from pytest_istio_mtls.judge.verdict import decide
 from pytest_istio_mtls.mesh import Mesh, ProbeResult, assertrepr_compare
 from pytest_istio_mtls.model import Expectation, MeshSettings, Namespace, Result, Scenario, Topology
-from pytest_istio_mtls.observation import Observation, Probe
+from pytest_istio_mtls.oracle.mtls import predict
 from pytest_istio_mtls.run import Outcome
-from pytest_istio_mtls.scenario import load_policies
-from pytest_istio_mtls.verdict import decide
+from pytest_istio_mtls.scenario.loader import load_policies
 
-from .test_verdict import CURL_FOO, CURL_LEGACY, HTTPBIN_FOO, HTTPBIN_LEGACY, mtls, refused, strip
+from .judge.test_verdict import CURL_FOO, CURL_LEGACY, HTTPBIN_FOO, HTTPBIN_LEGACY, mtls, refused, strip
 
 TOPOLOGY = Topology((Namespace("foo", True), Namespace("legacy", False)),
                     (CURL_FOO, CURL_LEGACY, HTTPBIN_FOO, HTTPBIN_LEGACY))
@@ -36,7 +36,7 @@ def judged(observation: Observation) -> ProbeResult:
     policies, _ = load_policies(STRICT_FOO, TOPOLOGY)
     scenario = Scenario(name="fixture", path=Path("<fixture>"), topology=TOPOLOGY, policies=policies)
     probe = observation.probe
-    prediction = semantics.predict(scenario, probe.source, probe.target, probe.port, probe.request)
+    prediction = predict(scenario, probe.source, probe.target, probe.port, probe.request)
     return ProbeResult(observation, decide(observation), prediction, scenario)
 
 

@@ -52,7 +52,7 @@ def test_keyword_selection(scenarios: pytest.Pytester) -> None:
 def test_builtin_library_is_reachable(pytester: pytest.Pytester) -> None:
     """`--istio-scenarios builtin` collects the library shipped inside the package."""
     from pytest_istio_mtls.options import builtin_scenarios
-    from pytest_istio_mtls.scenario import load_scenario
+    from pytest_istio_mtls.scenario.loader import load_scenario
 
     rows = sum(len(s.expectations) for path in builtin_scenarios().glob("*.yaml") for s in load_scenario(path).states())
     result = pytester.runpytest("--istio-scenarios", "builtin", "--collect-only", "-q")

@@ -19,7 +19,7 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ...model import Policy
-from ...semantics import resolve_host
+from ...oracle.destinationrules import resolve_host
 from ..base import BackendError
 from .client import KubeApi
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from ... import semantics
+from ...judge.observation import Observation, Probe
 from ...model import MeshSettings, Scenario, Topology
-from ...observation import Observation, Probe
 from ...options import Settings
+from ...oracle import mtls
 from ..base import BackendError, Progress
 from . import propagation
 from .apply import Applier
@@ -40,7 +40,7 @@ def confirmation_probes(scenario: Scenario) -> list[Probe]:
     """The scenario's own rows, or every client × server port when it has none (fixture use)."""
     if scenario.expectations:
         return [Probe(e.source, e.target, e.port, e.request) for e in scenario.expectations]
-    return [Probe(p.source, p.target, p.port) for p in semantics.predict_all(scenario)]
+    return [Probe(p.source, p.target, p.port) for p in mtls.predict_all(scenario)]
 
 
 class KubeBackend:

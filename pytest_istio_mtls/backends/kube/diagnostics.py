@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ...observation import Probe
+from ...judge.observation import Probe
 from ..base import BackendError
 from .apply import Applied
 from .client import KubeApi

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from ...evidence import accesslog
-from ...evidence.stats import STATS_PATH, parse_stats
+from ...judge import accesslog
+from ...judge.stats import STATS_PATH, parse_stats
 from .client import ExecStream, KubeApi, KubeError
 from .manifests import CAPTURE, PROXY
 from .workloads import PodInfo

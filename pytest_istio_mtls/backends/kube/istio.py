@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from ...evidence.accesslog import EVIDENCE_KEYS, FORMAT
+from ...judge.accesslog import EVIDENCE_KEYS, FORMAT
 from ...model import MeshSettings
 from ..base import BackendError
 from .client import KubeApi

@@ -12,19 +12,17 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ...evidence.accesslog import FORMAT
+from ...judge.accesslog import FORMAT
 from ..base import BackendError
+from .naming import MANAGED_BY, RUN_LABEL, Naming
 
 if TYPE_CHECKING:
     from ...model import MeshSettings, Port, Topology, Workload
-    from .naming import Naming
 
 FIELD_MANAGER = "pytest-istio-mtls"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "pytest-istio-mtls"}
 WORKLOAD_LABEL = "istio-mtls.pytest.io/workload"
 SERVICE_LABEL = "istio-mtls.pytest.io/service"  # on every pod of a Service with several workloads: its selector
 SUBSET_ROUTE = "pytest-istio-mtls-subset"
-RUN_LABEL = "istio-mtls.pytest.io/run"
 PROXY = "istio-proxy"
 CURL = "curl"
 CAPTURE = "capture"

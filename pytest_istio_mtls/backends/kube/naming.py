@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..base import BackendError
-from .manifests import MANAGED_BY, RUN_LABEL
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "pytest-istio-mtls"}  # on every object a run creates
+RUN_LABEL = "istio-mtls.pytest.io/run"  # which run created an object
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 NAMESPACE_LIST_KEYS = ("namespaces", "notNamespaces", "exportTo")

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...evidence import accesslog
-from ...evidence.capture import analyse
-from ...evidence.identity import peer_from_echo
-from ...evidence.stats import delta
-from ...observation import CaptureEvidence, Observation, Probe, ProxyEvidence
+from ...judge import accesslog
+from ...judge.capture import analyse
+from ...judge.identity import peer_from_echo
+from ...judge.observation import CaptureEvidence, Observation, Probe, ProxyEvidence
+from ...judge.stats import delta
 from .client import KubeApi
 from .evidence import Capture, access_log, format_address, parse_address, snapshot, wait_for_logs
 from .manifests import CURL

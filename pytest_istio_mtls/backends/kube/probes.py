@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...observation import Probe, TransportError
+from ...judge.observation import Probe, TransportError
 
 if TYPE_CHECKING:
     from .naming import Naming

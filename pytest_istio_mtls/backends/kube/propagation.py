@@ -25,8 +25,8 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from ... import authz, semantics
 from ...model import Policy, Scenario, Workload
+from ...oracle import authz, mtls
 from ..base import BackendError
 from .client import KubeApi
 from .manifests import HTTP_OPTIONS, PROXY
@@ -191,14 +191,14 @@ def _cluster(client: Workload, name: str, want: str, fresh: bool, because: str) 
 
 def client_want(scenario: Scenario, client: Workload, server: Workload, port: Any) -> tuple[str, str] | None:
     """The cluster transport the client decision implies, or None when the oracle cannot say."""
-    decision = semantics.client_decision(scenario, client, server, port)
+    decision = mtls.client_decision(scenario, client, server, port)
     if decision.unknown:
         return None
     if decision.tls_mode is not None:
         return ("none" if decision.tls_mode == "DISABLE" else "tls"), f"DestinationRule tls.mode {decision.tls_mode}"
     if not scenario.mesh.auto_mtls:
         return "none", "autoMtls off and no DestinationRule TLS"
-    mode, decided_by = semantics.namespace_mode(scenario, server.namespace)
+    mode, decided_by = mtls.namespace_mode(scenario, server.namespace)
     if mode == "DISABLE":
         return "none", f"auto mTLS, namespace DISABLE by {decided_by}"
     return "auto", "auto mTLS"
@@ -220,7 +220,7 @@ def expectations(scenario: Scenario, naming: Naming, removed: Sequence[Policy] =
             continue
         binding = [p for p in aps if _binds(p, server, root)]
         for target_port in sorted({p.target_port for p in server.ports}):
-            decision = semantics.server_decision(scenario, server, target_port)
+            decision = mtls.server_decision(scenario, server, target_port)
             if decision.mode is not None:
                 found.append(_inbound(server, target_port, decision.mode, decision.decided_by))
             # The rules istiod generates depend on the chain: on TCP an ALLOW rule with an HTTP-only field is dropped.

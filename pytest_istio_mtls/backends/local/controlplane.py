@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ...evidence.accesslog import FORMAT
-from ...istiobuild import IstioBuild
+from ...build.istio import IstioBuild
+from ...judge.accesslog import FORMAT
 from ...model import MeshSettings
 from ..base import BackendError
 from ..kube.client import Kube

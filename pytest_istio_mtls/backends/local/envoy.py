@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ... import semantics
-from ...evidence.accesslog import FORMAT
+from ...judge.accesslog import FORMAT
 from ...model import Port, Scenario, Workload
+from ...oracle import mtls
 from .. import support
 
 PROXY_UID = 1337
@@ -144,7 +144,7 @@ def _inbound_chains(scenario: Scenario, workload: Workload, files: SidecarFiles)
         if target in seen:
             continue
         seen.add(target)
-        mode = semantics.server_decision(scenario, workload, target).mode
+        mode = mtls.server_decision(scenario, workload, target).mode
         cluster = f"inbound|{target}||"
         prefix = f"inbound_0.0.0.0_{target}"
         if mode in ("STRICT", "PERMISSIVE"):
@@ -232,7 +232,7 @@ def _simple_tls(server: Workload) -> dict[str, Any]:
 def _outbound_cluster(scenario: Scenario, client: Workload, server: Workload, port: Port,
                       addresses: Addresses, files: SidecarFiles) -> dict[str, Any]:
     name = f"outbound|{port.port}||{server.host}"
-    decision = semantics.client_decision(scenario, client, server, port)
+    decision = mtls.client_decision(scenario, client, server, port)
     endpoint: dict[str, Any] = {"endpoint": {"address": _address(addresses.pod_ip[server.ref], port.target_port)}}
     cluster: dict[str, Any] = {
         "@type": CLUSTER_TYPE,
@@ -260,7 +260,7 @@ def _outbound_cluster(scenario: Scenario, client: Workload, server: Workload, po
                                     "MUTUAL with user-supplied certificates, which the local backend does not "
                                     "emulate; run this scenario on kind")
         return cluster
-    hint, _ = semantics.namespace_mode(scenario, server.namespace)
+    hint, _ = mtls.namespace_mode(scenario, server.namespace)
     if not scenario.mesh.auto_mtls or hint == "DISABLE":
         return cluster  # no TLS at all (O1, O2.1)
     # Auto mTLS (O2): TLS only to endpoints labelled tlsMode=istio, decided per endpoint.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...istiobuild import IstioBuild
+from ...build.istio import IstioBuild
 from ...model import MeshSettings, Scenario, Topology, Workload
 from ..base import BackendError
 from ..kube.apply import Applied, Applier

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...model import Topology, Workload
-from ..kube.manifests import MANAGED_BY, SERVICE_LABEL, WORKLOAD_LABEL, port_name
+from ..kube.manifests import SERVICE_LABEL, WORKLOAD_LABEL, port_name
+from ..kube.naming import MANAGED_BY
 
 MANAGED_BY_SLICE = "pytest-istio-mtls.local"
 APP_CONTAINER = "app"

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from ...judge.observation import Probe
 from ...model import Workload
-from ...observation import Probe
 from ..base import BackendError
 from ..kube.client import Kube
 from ..kube.manifests import subset_route

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...diagnostics import plural
+from ...model.diagnostics import plural
 from .system import NETNS_DIR, cmdline, pid_alive
 
 STATE_ROOT = Path(os.environ.get("ISTIO_MTLS_LOCAL_STATE", "/run/pytest-istio-mtls"))

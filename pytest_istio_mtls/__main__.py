@@ -1,0 +1,7 @@
+"""``python -m pytest_istio_mtls`` runs the ``pytest-istio-mtls`` command."""
+
+import sys
+
+from .commands.cli import main
+
+sys.exit(main())
