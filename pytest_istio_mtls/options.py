@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 BACKENDS = ("kind", "existing", "local")
+IMAGE_KEYS = ("app", "curl", "capture")  # the workload images (backends/kube/manifests.py DEFAULT_IMAGES)
 CONTROL_PLANES = ("istiod", "emulated")
 KEEP = ("never", "on-failure", "always")
 
@@ -73,9 +74,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("--istio-hub", "istio_hub",
            "kind backend: the registry istioctl pulls istiod and the sidecar image from (a mirror of "
            "docker.io/istio, e.g. myregistry.example.com/istio)", default="docker.io/istio", metavar="HUB"),
+    Option("--istio-tag", "istio_tag",
+           "kind backend: the tag of the pilot and proxyv2 images under --istio-hub (default: the Istio version), "
+           "e.g. a build of your own", metavar="TAG"),
     Option("--istio-images", "istio_images",
            "override workload images for mirrored registries, comma-separated KEY=IMAGE with KEY one of "
-           "httpbin, curl, tcp-echo, capture", metavar="KEY=IMAGE,..."),
+           "app (any image with python3: it runs the plugin's echo app), curl, capture (tcpdump)",
+           metavar="KEY=IMAGE,..."),
+    Option("--istio-kind-image", "istio_kind_image",
+           "kind backend: the node image to create the cluster with (default: the kindest/node kind pairs with "
+           "the Istio version; pytest-kind's --kind-image works too)", metavar="IMAGE"),
+    Option("--istio-kind-config", "istio_kind_config",
+           "kind backend: a kind cluster configuration file for creating the cluster (kind create cluster "
+           "--config)", metavar="FILE"),
+    Option("--istio-kind-bin", "istio_kind_bin",
+           "kind backend: the kind binary to use instead of downloading the pinned release (pytest-kind's "
+           "--kind-bin works too)", metavar="FILE"),
+    Option("--istio-istioctl", "istio_istioctl",
+           "kind backend: the istioctl binary to install Istio with instead of downloading the release of "
+           "--istio-version; its version is the Istio version", metavar="FILE"),
     Option("--istio-timeout", "istio_timeout",
            "seconds to wait for one step (workloads ready, policy in force) before failing with what was still "
            "pending", default="120", metavar="SECONDS"),
@@ -123,7 +140,12 @@ class Settings:
     context: str | None = None
     allow_mesh_wide: bool = False
     hub: str = "docker.io/istio"
+    tag: str | None = None  # pilot/proxyv2 image tag; None: the Istio version
     images: dict[str, str] = field(default_factory=dict)
+    kind_image: str | None = None
+    kind_config: Path | None = None
+    kind_bin: Path | None = None
+    istioctl: Path | None = None
     timeout: float = 120.0
     update_expectations: bool = False
     rootdir: Path = Path(".")
@@ -202,15 +224,30 @@ def resolve(config: pytest.Config) -> Settings:
         if not item.strip():
             continue
         key, sep, image = item.partition("=")
-        if not sep or key.strip() not in ("httpbin", "curl", "tcp-echo", "capture") or not image.strip():
-            raise pytest.UsageError(f"{images_source}: expected KEY=IMAGE with KEY one of httpbin, curl, tcp-echo, "
-                                    f"capture; got {item!r}")
+        if key.strip() in ("httpbin", "tcp-echo"):
+            raise pytest.UsageError(f"{images_source}: {key.strip()} is gone: every backend's workloads run the "
+                                    "plugin's echo app; name an image with python3 as app=IMAGE")
+        if not sep or key.strip() not in IMAGE_KEYS or not image.strip():
+            raise pytest.UsageError(f"{images_source}: expected KEY=IMAGE with KEY one of {', '.join(IMAGE_KEYS)}; "
+                                    f"got {item!r}")
         images[key.strip()] = image.strip()
+    files: dict[str, Path | None] = {}
+    for dest in ("istio_kind_config", "istio_kind_bin", "istio_istioctl"):
+        value, where = values[dest]
+        given: Path | None = Path(config.invocation_params.dir, str(value)).expanduser() if value else None
+        if given is not None and values["istio_backend"][0] == "kind" and not given.is_file():
+            raise pytest.UsageError(f"{where}: no such file: {value}")
+        files[dest] = given
 
     backend = values["istio_backend"][0]
     kubeconfig = values["istio_kubeconfig"][0]
     context = values["istio_context"][0]
     allow_mesh_wide = bool(values["istio_allow_mesh_wide"][0])
+    if backend != "kind":  # env twins are left alone: a harness may set them for the kind runs among others
+        for dest in ("istio_tag", "istio_kind_image", "istio_kind_config", "istio_kind_bin", "istio_istioctl"):
+            value, where = values[dest]
+            if value and where.startswith("--"):
+                raise pytest.UsageError(f"{where} only applies to --istio-backend=kind (the backend is {backend})")
     if backend != "existing":
         for dest in ("istio_kubeconfig", "istio_context", "istio_allow_mesh_wide"):
             value, where = values[dest]
@@ -248,7 +285,12 @@ def resolve(config: pytest.Config) -> Settings:
         context=context or None,
         allow_mesh_wide=allow_mesh_wide,
         hub=str(values["istio_hub"][0] or BY_DEST["istio_hub"].default).rstrip("/"),
+        tag=values["istio_tag"][0] or None,
         images=images,
+        kind_image=values["istio_kind_image"][0] or None,
+        kind_config=files["istio_kind_config"],
+        kind_bin=files["istio_kind_bin"],
+        istioctl=files["istio_istioctl"],
         timeout=timeout,
         update_expectations=bool(values["istio_update_expectations"][0]),
         rootdir=rootdir,

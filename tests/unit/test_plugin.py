@@ -84,6 +84,22 @@ def test_contradictory_options_are_refused_up_front(scenarios: pytest.Pytester) 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
+def test_air_gapped_options_are_checked_up_front(scenarios: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind-only flag with another backend, a given binary that is not there, and a workload image key from before
+    the echo app are usage errors; a kind-only env twin (a harness's) is left alone for other backends."""
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local", "--istio-kind-image=x", "--co")
+    result.stderr.fnmatch_lines(["ERROR: --istio-kind-image only applies to --istio-backend=kind (the backend is local)"])
+    result = scenarios.runpytest("--istio-scenarios", "--istio-istioctl=missing/istioctl", "--co")
+    result.stderr.fnmatch_lines(["ERROR: --istio-istioctl: no such file: missing/istioctl"])
+    result = scenarios.runpytest("--istio-scenarios", "--istio-images=httpbin=mirror/httpbin", "--co")
+    result.stderr.fnmatch_lines(["ERROR: --istio-images: httpbin is gone: every backend's workloads run the plugin's "
+                                 "echo app; name an image with python3 as app=IMAGE"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    monkeypatch.setenv("ISTIO_MTLS_KIND_IMAGE", "kindest/node:v1.36.3-offline")
+    result = scenarios.runpytest("--istio-scenarios", "--istio-backend=local", "--co")
+    assert result.ret == pytest.ExitCode.OK
+
+
 def test_missing_scenario_path(pytester: pytest.Pytester) -> None:
     """A path that does not exist is named, with a hint about the built-in library."""
     result = pytester.runpytest("--istio-scenarios", "--co")

@@ -54,15 +54,37 @@ def check_docker(env: Mapping[str, str] | None = None, which: Callable[[str], st
                                  f"{NO_DOCKER_HINT}")
 
 
+def _docker(*args: str, env: Mapping[str, str] | None = None, run: Run = subprocess.run) -> tuple[int, str]:
+    env = os.environ if env is None else env
+    provider = env.get("KIND_EXPERIMENTAL_PROVIDER", "docker") or "docker"
+    try:
+        done = run([provider, *args], capture_output=True, text=True, timeout=DOCKER_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return 1, ""
+    return done.returncode, done.stdout.strip()
+
+
+def local_images(images: list[str], run: Run = subprocess.run) -> list[str]:
+    """The images the local Docker already holds (they are loaded into the node, never pulled)."""
+    return [image for image in dict.fromkeys(images) if _docker("image", "inspect", image, run=run)[0] == 0]
+
+
+def image_label(image: str, label: str, run: Run = subprocess.run) -> str:
+    """A label of a local image ('' when the image or the label is absent)."""
+    code, out = _docker("image", "inspect", "--format", f'{{{{ index .Config.Labels "{label}" }}}}', image, run=run)
+    return out if code == 0 and out != "<no value>" else ""
+
+
 class Cluster:
     """One kind cluster by name; ``created`` is True only when this run created it."""
 
     def __init__(self, name: str, kind: Path, image: str, kubeconfig: Path, run: Run = subprocess.run,
-                 timeout: float = 600.0) -> None:
+                 timeout: float = 600.0, config: Path | None = None) -> None:
         self.name = name
         self.kind = kind
         self.image = image
         self.kubeconfig = kubeconfig
+        self.config = config
         self.created = False
         self._run = run
         self._timeout = timeout
@@ -89,9 +111,15 @@ class Cluster:
             self._kind("export", "kubeconfig", "--name", self.name, "--kubeconfig", str(self.kubeconfig), timeout=60)
             return True
         self.created = True  # before the call: a create that fails half-way leaves containers to delete
+        config = ("--config", str(self.config)) if self.config is not None else ()
         self._kind("create", "cluster", "--name", self.name, "--image", self.image,
-                   "--kubeconfig", str(self.kubeconfig))
+                   "--kubeconfig", str(self.kubeconfig), *config)
         return False
+
+    def load(self, images: list[str]) -> None:
+        """Copy images from the local Docker into the node (``kind load``): nothing is pulled for them."""
+        if images:
+            self._kind("load", "docker-image", "--name", self.name, *images)
 
     def delete(self) -> None:
         """Delete the cluster, but only if this run created it."""

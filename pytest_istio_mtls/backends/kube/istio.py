@@ -24,6 +24,7 @@ from .manifests import DEFAULT_HUB, install_overlay, mesh_settings
 
 Progress = Callable[[str], None]
 TAG = re.compile(r":(\d+\.\d+\.\d+(?:-(?:alpha|beta|rc)\.\d+)?)(?:-distroless)?(?:@sha256:[0-9a-f]+)?$")
+ANY_TAG = re.compile(r":([\w][\w.-]*)(?:@sha256:[0-9a-f]+)?$")  # a build of one's own: 1.31-eed52ebb66ad
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class IstioInstall:
 
 
 def version_from_image(image: str) -> str:
-    """``docker.io/istio/pilot:1.31.1`` (or ``-distroless``, or with a digest) → ``1.31.1``; '' if unknown."""
-    match = TAG.search(image)
-    return match[1] if match else ""
+    """``docker.io/istio/pilot:1.31.1`` (or ``-distroless``, or with a digest) → ``1.31.1``; another tag (a build of
+    one's own) as it is; '' if none."""
+    match = TAG.search(image) or ANY_TAG.search(image.rpartition("/")[2])
+    return match[1] if match and match[1] != "latest" else ""
 
 
 def _install_of(deployment: Mapping[str, Any]) -> IstioInstall | None:
@@ -139,11 +141,12 @@ def set_mesh(kube: KubeApi, install: IstioInstall, wanted: MeshSettings) -> dict
 
 
 def install(istioctl: Path, kubeconfig: Path, mesh: MeshSettings, revision: str | None, timeout: float,
-            hub: str = DEFAULT_HUB, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> None:
+            hub: str = DEFAULT_HUB, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run, *,
+            tag: str | None = None, upstream_envoy: bool = False) -> None:
     """``istioctl install`` with our overlay; istioctl itself waits for readiness (bounded by ``timeout``)."""
     with tempfile.TemporaryDirectory(prefix="pytest-istio-mtls-") as tmp:
         overlay = Path(tmp, "overlay.yaml")
-        overlay.write_text(yaml.safe_dump(install_overlay(mesh, revision, hub), sort_keys=False))
+        overlay.write_text(yaml.safe_dump(install_overlay(mesh, revision, hub, tag, upstream_envoy), sort_keys=False))
         command = [str(istioctl), "install", "-y", "--kubeconfig", str(kubeconfig), "-f", str(overlay),
                    "--readiness-timeout", f"{int(timeout)}s"]
         try:
@@ -153,6 +156,23 @@ def install(istioctl: Path, kubeconfig: Path, mesh: MeshSettings, revision: str 
     if done.returncode != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise BackendError(f"istioctl install failed (exit {done.returncode}): {tail}")
+
+
+def client_version(istioctl: Path, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> str:
+    """The Istio version an istioctl binary installs (``istioctl version --remote=false``); '' if it cannot say."""
+    try:
+        done = run([str(istioctl), "version", "--remote=false", "-o", "json"], capture_output=True, text=True,
+                   timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"cannot run {istioctl}: {exc}") from None
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
+        raise BackendError(f"`{istioctl} version` failed (exit {done.returncode}): {tail}")
+    try:
+        version = str(json.loads(done.stdout)["clientVersion"]["version"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return "" if version in ("", "unknown") else version
 
 
 def wait_control_plane(kube: KubeApi, install_: IstioInstall, timeout: float) -> None:

@@ -1,18 +1,21 @@
 """Every object the kind/existing backends apply, rendered from the scenario model as plain dicts.
 
-Pure functions, no cluster: ``pytest-istio-mtls render`` prints exactly these. Servers run
-go-httpbin (http ports, echoes headers incl. X-Forwarded-Client-Cert) and Istio's tcp-echo-server
-(tcp ports); every pod has a ``curl`` container to probe from, and server pods a ``capture``
-container (tcpdump) as a non-first container, so Istio's default container stays the app.
+Pure functions, no cluster: ``pytest-istio-mtls render`` prints exactly these. Servers run the project's
+echo app (backends/echo.py, the same program the local backend runs: http ports echo the request and its
+headers, X-Forwarded-Client-Cert included; tcp ports echo bytes), shipped in a ConfigMap to an image with
+python3; every pod has a ``curl`` container to probe from, and server pods a ``capture`` container (tcpdump)
+as a non-first container, so Istio's default container stays the app.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...judge.accesslog import FORMAT
+from .. import echo
 from ..base import BackendError
 from .naming import MANAGED_BY, RUN_LABEL, Naming
 
@@ -24,17 +27,18 @@ WORKLOAD_LABEL = "istio-mtls.pytest.io/workload"
 SERVICE_LABEL = "istio-mtls.pytest.io/service"  # on every pod of a Service with several workloads: its selector
 SUBSET_ROUTE = "pytest-istio-mtls-subset"
 PROXY = "istio-proxy"
+APP = "app"
 CURL = "curl"
 CAPTURE = "capture"
-ECHO_PREFIX = "hello"
+ECHO_CONFIG = "pytest-istio-mtls-echo"  # the ConfigMap holding backends/echo.py, one per namespace
+ECHO_DIR = "/opt/pytest-istio-mtls"
 FRESH_CONNECTIONS = "pytest-istio-mtls-fresh-connections"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 SIDECAR_REQUESTS = {"sidecar.istio.io/proxyCPU": "10m", "sidecar.istio.io/proxyMemory": "40Mi"}  # 2-CPU runners
 DEFAULT_HUB = "docker.io/istio"  # where every Istio release publishes istiod and proxyv2
 DEFAULT_IMAGES: dict[str, str] = {
-    "httpbin": "docker.io/mccutchen/go-httpbin:v2.15.0",  # Istio's httpbin sample image; multi-arch
+    "app": "docker.io/library/python:3.13-slim",  # runs backends/echo.py (standard library only); multi-arch
     "curl": "docker.io/curlimages/curl:8.16.0",  # Istio's curl sample image
-    "tcp-echo": "docker.io/istio/tcp-echo-server:1.3",  # Istio's tcp-echo sample; amd64 and arm64
     "capture": "docker.io/nicolaka/netshoot:v0.15",  # tcpdump; multi-arch
 }
 
@@ -108,6 +112,8 @@ def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, 
             labels["istio-injection"] = "disabled"
         objects.append({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": naming.ns(namespace.name), "labels": labels}})
+    for ns in sorted({w.namespace for w in topology.workloads if w.ports or w.container_ports}):
+        objects.append(echo_config_map(ns, naming))
     for ns, account in sorted({(w.namespace, w.service_account) for w in topology.workloads}):
         objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
                         "metadata": {"name": account, "namespace": naming.ns(ns), "labels": _labels(naming)}})
@@ -120,35 +126,38 @@ def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, 
     return objects
 
 
+def echo_config_map(namespace: str, naming: Naming) -> dict[str, Any]:
+    """backends/echo.py for the app containers of one namespace (a ConfigMap is namespaced)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": ECHO_CONFIG, "namespace": naming.ns(namespace), "labels": _labels(naming)},
+            "data": {"echo.py": Path(echo.__file__).read_text(encoding="utf-8")}}
+
+
 def _app_containers(workload: Workload, image_map: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The app's containers: one go-httpbin per http port and one tcp-echo for the tcp ports, Service target
-    ports and ``containerPorts`` alike (the latter are reached at the pod address only)."""
+    """The app: one echo process serving every http and tcp port, Service target ports and ``containerPorts``
+    alike (the latter are reached at the pod address only). Ready once its first port accepts: it opens them
+    all before it answers."""
     served = (*workload.ports, *workload.container_ports)
     http = sorted({p.target_port for p in served if p.protocol == "http"})
     tcp = sorted({p.target_port for p in served if p.protocol == "tcp"})
     clash = set(http) & set(tcp)
     if clash:
         raise ManifestError(f"{workload.ref}: container port {min(clash)} is used by both an http and a tcp port")
-    containers: list[dict[str, Any]] = []
-    for number in http:
-        containers.append({
-            "name": "httpbin" if len(http) == 1 else f"httpbin-{number}",
-            "image": image_map["httpbin"],
-            "env": [{"name": "PORT", "value": str(number)}],
-            "ports": [{"containerPort": number, "protocol": "TCP"}],
-            "readinessProbe": {"httpGet": {"path": "/status/200", "port": number}, "periodSeconds": 2},
-            "resources": _requests(),
-        })
-    if tcp:
-        containers.append({
-            "name": "tcp-echo",
-            "image": image_map["tcp-echo"],
-            "args": [",".join(str(n) for n in tcp), ECHO_PREFIX],
-            "ports": [{"containerPort": n, "protocol": "TCP"} for n in tcp],
-            "readinessProbe": {"tcpSocket": {"port": tcp[0]}, "periodSeconds": 2},
-            "resources": _requests(),
-        })
-    return containers
+    if not http and not tcp:
+        return []
+    args = [f"{ECHO_DIR}/echo.py", *(f"--http={n}" for n in http), *(f"--tcp={n}" for n in tcp),
+            f"--name={workload.ref}"]
+    probe = {"httpGet": {"path": "/status/200", "port": http[0]}} if http else {"tcpSocket": {"port": tcp[0]}}
+    return [{
+        "name": APP,
+        "image": image_map["app"],
+        "command": ["python3", "-u"],
+        "args": args,
+        "ports": [{"containerPort": n, "protocol": "TCP"} for n in (*http, *tcp)],
+        "readinessProbe": {**probe, "periodSeconds": 2},
+        "volumeMounts": [{"name": "echo", "mountPath": ECHO_DIR, "readOnly": True}],
+        "resources": _requests(),
+    }]
 
 
 def deployment(workload: Workload, topology: Topology, naming: Naming, image_map: Mapping[str, str],
@@ -170,7 +179,8 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
         scoped = cluster_namespaces if naming.mapped else None
         annotations["proxy.istio.io/config"] = json.dumps(proxy_config(scoped), sort_keys=True)
         annotations.update(SIDECAR_REQUESTS)
-    containers = _app_containers(workload, image_map)
+    app = _app_containers(workload, image_map)
+    containers = [*app]
     containers.append({"name": CURL, "image": image_map["curl"], "command": ["/bin/sleep", "infinity"],
                        "resources": _requests()})
     if workload.ports:
@@ -180,6 +190,7 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
             "resources": _requests(),
         })
     annotations["kubectl.kubernetes.io/default-container"] = containers[0]["name"]
+    volumes = [{"name": "echo", "configMap": {"name": ECHO_CONFIG}}] if app else []
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": workload.name, "namespace": naming.ns(workload.namespace),
@@ -191,7 +202,7 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},
                 "spec": {"serviceAccountName": workload.service_account, "terminationGracePeriodSeconds": 0,
-                         "containers": containers},
+                         "containers": containers, **({"volumes": volumes} if volumes else {})},
             },
         },
     }
@@ -263,14 +274,25 @@ def mesh_settings(mesh: MeshSettings) -> dict[str, Any]:
     return {"enableAutoMtls": mesh.auto_mtls, "rootNamespace": mesh.root_namespace}
 
 
-def install_overlay(mesh: MeshSettings, revision: str | None = None, hub: str = DEFAULT_HUB) -> dict[str, Any]:
-    """The IstioOperator given to ``istioctl install -f``: minimal profile, images from ``hub``, our mesh
-    settings, JSON access logs in the evidence format, the stats the verdicts need, small resource requests.
+# istiod's switches for a proxy image carrying upstream Envoy: with any of them on, istiod sends Istio-only
+# extensions (istio.alpn, istio.metadata_exchange, istio.stats) that upstream Envoy rejects, and new sidecars
+# never get their listeners (docs/kind.md, docs/real-istio.md).
+UPSTREAM_ENVOY_ENV = {"PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false"}
+
+
+def install_overlay(mesh: MeshSettings, revision: str | None = None, hub: str = DEFAULT_HUB, tag: str | None = None,
+                    upstream_envoy: bool = False) -> dict[str, Any]:
+    """The IstioOperator given to ``istioctl install -f``: minimal profile, images from ``hub`` (at ``tag`` when
+    given, else istioctl's own version), our mesh settings, JSON access logs in the evidence format, the stats the
+    verdicts need, small resource requests; with ``upstream_envoy``, istiod's switches for a proxy image that
+    carries upstream Envoy instead of Istio's build.
 
     ``hub`` is always set: an overlay overrides the hub compiled into istioctl, and Istio 1.30's istioctl
     compiles in the GCP-hosted registry.istio.io, which Istio is retiring (1.31 upgrade notes).
     """
     spec: dict[str, Any] = {"profile": "minimal", "hub": hub}
+    if tag:
+        spec["tag"] = tag
     if revision:
         spec["revision"] = revision
     spec["meshConfig"] = {
@@ -286,5 +308,8 @@ def install_overlay(mesh: MeshSettings, revision: str | None = None, hub: str = 
     # (operator values_types.proto).
     spec["components"] = {"pilot": {"k8s": {"resources": {"requests": {"cpu": "50m", "memory": "256Mi"}}}}}
     spec["values"] = {"pilot": {"autoscaleEnabled": False}}
+    if upstream_envoy:
+        spec["values"]["pilot"]["env"] = dict(UPSTREAM_ENVOY_ENV)
+        spec["values"]["telemetry"] = {"enabled": False}  # its istio.stats filter is Istio's own too
     return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
             "metadata": {"name": "pytest-istio-mtls", "namespace": "istio-system"}, "spec": spec}

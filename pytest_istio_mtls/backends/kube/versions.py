@@ -61,6 +61,9 @@ def node_image_for(istio_version: str) -> tuple[str, str]:
     """The newest pinned node image whose Kubernetes minor the Istio minor supports, and a note
     when the pairing had to be guessed (Istio minor missing from the pinned table)."""
     minor = minor_of(istio_version)
+    if not MINOR.match(minor):
+        raise BackendError(f"Istio {istio_version!r} names no release, so no node image pairs with it: name one with "
+                           "--istio-kind-image")
     available = sorted(NODE_IMAGES, key=_minor_key)
     supported = ISTIO_KUBERNETES.get(minor)
     if supported is not None:
@@ -71,7 +74,7 @@ def node_image_for(istio_version: str) -> tuple[str, str]:
     known = sorted(ISTIO_KUBERNETES, key=_minor_key)
     chosen = available[-1] if _minor_key(minor) > _minor_key(known[-1]) else available[0]
     return NODE_IMAGES[chosen], (f"Istio {minor} is not in the pinned support table; using Kubernetes {chosen} "
-                                 "(override with --kind-image)")
+                                 "(override with --istio-kind-image)")
 
 
 def stable_versions(releases: Iterable[Mapping[str, Any]]) -> list[Version]:

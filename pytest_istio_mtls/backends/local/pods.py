@@ -19,7 +19,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from ...model import MeshSettings, Scenario, Topology, Workload
 from ...model.diagnostics import plural
 from ...options import Settings
-from .. import support
+from .. import echo, support
 from ..base import BackendError, Progress
 from . import agent, envoy, prober, routing
 from .capture import PacketCapture
@@ -33,7 +33,7 @@ from .tlsclient import ClientCredentials
 BRIDGE_IP = "10.244.0.1"
 POD_NET = "10.244.0.{}"
 SERVICE_NET = "10.96.0.{}"
-ECHO_SCRIPT = Path(__file__).with_name("echo.py")
+ECHO_SCRIPT = Path(echo.__file__)
 
 
 @dataclass

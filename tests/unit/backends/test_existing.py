@@ -41,7 +41,7 @@ def test_detects_the_installed_istio_replay(monkeypatch: pytest.MonkeyPatch) -> 
     versions = backend.versions()
     assert {k: v for k, v in versions.items() if not k.startswith("image ")} == {
         "backend": "existing", "istio": "1.31.1", "istio revision": "default", "kubernetes": "v1.36.1"}
-    assert versions["image httpbin"] == "docker.io/mccutchen/go-httpbin:v2.15.0"  # pinned images are reported too
+    assert versions["image app"] == "docker.io/library/python:3.13-slim"  # pinned images are reported too
     assert f"namespaces end in -{backend.run_id}" in messages[-1]
     assert backend.naming.ns("foo") == f"foo-{backend.run_id}"
 
@@ -81,8 +81,8 @@ def test_a_revisioned_install_labels_namespaces_with_its_revision_replay(monkeyp
     mesh["metadata"]["name"] = "istio-1-31-1"
     backend, _ = start(monkeypatch, istiod, mesh)
     assert backend.revision == "1-31-1" and backend.access_logs
-    namespaces = [o for o in render_topology(default_topology(), backend.naming, {"httpbin": "h", "curl": "c",
-                                                                                  "tcp-echo": "t", "capture": "n"},
+    namespaces = [o for o in render_topology(default_topology(), backend.naming, {"app": "a", "curl": "c",
+                                                                                  "capture": "n"},
                                              backend.revision) if o["kind"] == "Namespace"]
     app = next(n for n in namespaces if n["metadata"]["name"].startswith("app-"))
     assert app["metadata"]["labels"]["istio.io/rev"] == "1-31-1" and "istio-injection" not in app["metadata"]["labels"]

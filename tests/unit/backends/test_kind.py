@@ -13,6 +13,7 @@ from pytest_istio_mtls.backends import kind as kind_module
 from pytest_istio_mtls.backends.base import BackendError, BackendUnavailable
 from pytest_istio_mtls.backends.kind import KindBackend
 from pytest_istio_mtls.backends.kube import istio
+from pytest_istio_mtls.backends.kube.manifests import install_overlay
 from pytest_istio_mtls.model import MeshSettings
 from pytest_istio_mtls.options import Settings
 
@@ -40,8 +41,10 @@ def test_no_docker_fails_before_any_download(monkeypatch: pytest.MonkeyPatch, tm
 class FakeCluster:
     instances: ClassVar[list[FakeCluster]] = []
 
-    def __init__(self, name: str, kind: Path, image: str, kubeconfig: Path, timeout: float = 0) -> None:
-        self.name, self.kind, self.image, self.kubeconfig = name, kind, image, kubeconfig
+    def __init__(self, name: str, kind: Path, image: str, kubeconfig: Path, timeout: float = 0,
+                 config: Path | None = None) -> None:
+        self.name, self.kind, self.image, self.kubeconfig, self.config = name, kind, image, kubeconfig, config
+        self.loaded: list[str] = []
         self.created = False
         self.reuse = False
         self.deleted = 0
@@ -50,6 +53,9 @@ class FakeCluster:
     def create(self) -> bool:
         self.created = not self.reuse
         return self.reuse
+
+    def load(self, images: list[str]) -> None:
+        self.loaded += images
 
     def delete(self) -> None:
         if self.created:
@@ -67,8 +73,9 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ReplayKube:
     installed: list[Any] = []
 
     def install(istioctl: Path, kubeconfig: Path, mesh: MeshSettings, revision: str | None, timeout: float,
-                hub: str) -> None:
+                hub: str, *, tag: str | None = None, upstream_envoy: bool = False) -> None:
         installed.append((istioctl, kubeconfig, mesh, revision, hub))
+        kube.install_options = {"tag": tag, "upstream_envoy": upstream_envoy}  # type: ignore[attr-defined]
         kube.add(replay("istiod_deployment.json"), replay("istio_configmap.json"), WEBHOOK)
 
     monkeypatch.setattr(kind_module, "check_docker", lambda: None)
@@ -76,6 +83,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ReplayKube:
     monkeypatch.setattr(kind_module, "istioctl_binary", lambda version, target: tmp_path / "istioctl")
     monkeypatch.setattr(kind_module, "kind_binary", lambda target: tmp_path / "kind")
     monkeypatch.setattr(kind_module, "Cluster", FakeCluster)
+    monkeypatch.setattr(kind_module, "local_images", lambda images: [])  # the machine's own Docker stays out of it
     monkeypatch.setattr(kind_module, "Kube", lambda kubeconfig: kube)
     monkeypatch.setattr(istio, "install", install)
     kube.installed = installed  # type: ignore[attr-defined]
@@ -108,6 +116,56 @@ def test_pytest_kind_options_are_honoured(cluster: ReplayKube, tmp_path: Path) -
     kind.start()
     made = FakeCluster.instances[-1]
     assert (made.name, made.image, made.kind) == ("pytest-kind", "kindest/node:v1.35.5", Path("/opt/kind"))
+
+
+def test_air_gapped_start_downloads_nothing_and_loads_what_docker_holds(cluster: ReplayKube, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("istioctl_binary", "kind_binary", "fetch_releases"):
+        monkeypatch.setattr(kind_module, name, no_download)
+    monkeypatch.setattr(istio, "client_version", lambda istioctl: "1.31-eed52ebb66ad")
+    held = {"docker.io/istio/pilot:1.31-eed52ebb66ad", "docker.io/istio/proxyv2:1.31-eed52ebb66ad", "pim/app:1"}
+    monkeypatch.setattr(kind_module, "local_images", lambda images: [i for i in images if i in held])
+    monkeypatch.setattr(kind_module, "image_label", lambda image, label: "upstream 1.39.3")
+    settings = Settings(rootdir=tmp_path, timeout=1, istioctl=tmp_path / "istioctl", kind_bin=tmp_path / "kind-0.33",
+                        kind_image="kindest/node:v1.36.3-offline", kind_config=tmp_path / "kind.yaml",
+                        images={"app": "pim/app:1"})
+    kind = KindBackend(settings, lambda m: None)
+    kind.start()
+    made = FakeCluster.instances[-1]
+    assert (made.kind, made.image, made.config) == (tmp_path / "kind-0.33", "kindest/node:v1.36.3-offline",
+                                                    tmp_path / "kind.yaml")
+    assert made.loaded == ["docker.io/istio/pilot:1.31-eed52ebb66ad", "docker.io/istio/proxyv2:1.31-eed52ebb66ad",
+                           "pim/app:1"]  # the curl and capture images are not held: the node pulls them
+    assert cluster.install_options == {"tag": "1.31-eed52ebb66ad", "upstream_envoy": True}  # type: ignore[attr-defined]
+    versions = kind.versions()
+    assert versions["istio"] == "1.31-eed52ebb66ad"
+    assert versions["proxy"] == "upstream 1.39.3 Envoy (istiod's Istio-only filters off)"
+
+
+def test_a_given_istioctl_decides_the_version(cluster: ReplayKube, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(istio, "client_version", lambda istioctl: "1.31.1")
+    with pytest.raises(BackendError, match=r"--istio-version 1.30 but .*istioctl installs Istio 1.31.1; drop one"):
+        KindBackend(Settings(istio_version="1.30", rootdir=tmp_path, istioctl=tmp_path / "istioctl"),
+                    lambda m: None).start()
+    monkeypatch.setattr(istio, "client_version", lambda istioctl: "")
+    with pytest.raises(BackendError, match=r"does not say which Istio it installs.*--istio-tag"):
+        KindBackend(Settings(rootdir=tmp_path, istioctl=tmp_path / "istioctl"), lambda m: None).start()
+    with pytest.raises(BackendError, match=r"Istio 'mine' names no release, so no node image pairs with it"):
+        KindBackend(Settings(rootdir=tmp_path, istioctl=tmp_path / "istioctl", tag="mine"), lambda m: None).start()
+    kind = KindBackend(Settings(rootdir=tmp_path, istioctl=tmp_path / "istioctl", tag="mine", kind_image="node:x"),
+                       lambda m: None)
+    kind.start()
+    assert kind.versions()["istio"] == "mine" and kind.versions()["proxy"] == "Istio's proxyv2"
+
+
+def test_upstream_envoy_switches_are_only_in_that_overlay() -> None:
+    plain = install_overlay(MeshSettings())["spec"]
+    assert "env" not in plain["values"]["pilot"] and "telemetry" not in plain["values"] and "tag" not in plain
+    upstream = install_overlay(MeshSettings(), tag="1.31-eed52ebb66ad", upstream_envoy=True)["spec"]
+    assert upstream["values"]["pilot"]["env"] == {"PILOT_ENABLE_ALPN_FILTER": "false",
+                                                  "PILOT_ENABLE_METADATA_EXCHANGE": "false"}
+    assert upstream["values"]["telemetry"] == {"enabled": False} and upstream["tag"] == "1.31-eed52ebb66ad"
 
 
 def test_cluster_names_kind_rejects_are_refused_early(cluster: ReplayKube, tmp_path: Path) -> None:
@@ -191,11 +249,12 @@ def test_istio_version_from_images_replay() -> None:
     assert istio.version_from_image("docker.io/istio/pilot:1.31.1-distroless") == "1.31.1"
     assert istio.version_from_image("gcr.io/istio-release/pilot:1.32.0-beta.0@sha256:" + "a" * 64) == "1.32.0-beta.0"
     assert istio.version_from_image("my.registry/pilot:latest") == ""
+    assert istio.version_from_image("docker.io/istio/pilot:1.31-eed52ebb66ad") == "1.31-eed52ebb66ad"  # a build
 
 
 def test_a_cluster_created_for_a_failed_start_is_deleted(cluster: ReplayKube, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise BackendError("istioctl install failed (exit 1): Error: failed to install manifests")
 
     monkeypatch.setattr(istio, "install", broken)
@@ -207,7 +266,7 @@ def test_a_cluster_created_for_a_failed_start_is_deleted(cluster: ReplayKube, tm
 
 def test_a_failed_start_keeps_the_cluster_when_asked(cluster: ReplayKube, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise BackendError("istioctl install failed")
 
     monkeypatch.setattr(istio, "install", broken)

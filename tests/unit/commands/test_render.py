@@ -17,9 +17,11 @@ import pytest
 import yaml
 
 from pytest_istio_mtls.backends.kube.manifests import (
+    APP,
     CAPTURE,
     CURL,
     DEFAULT_IMAGES,
+    ECHO_CONFIG,
     FRESH_CONNECTIONS,
     HTTP_OPTIONS,
     WORKLOAD_LABEL,
@@ -99,10 +101,17 @@ def test_workload_conventions() -> None:
     deployments = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in by_kind(objects, "Deployment")}
     httpbin = deployments[("foo", "httpbin")]["spec"]["template"]
     names = [c["name"] for c in httpbin["spec"]["containers"]]
-    assert names == ["httpbin-8080", "httpbin-9080", "tcp-echo", CURL, CAPTURE]  # capture never first
-    assert httpbin["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "httpbin-8080"
-    assert httpbin["spec"]["containers"][0]["env"] == [{"name": "PORT", "value": "8080"}]
-    assert httpbin["spec"]["containers"][2]["args"] == ["9000", "hello"]
+    assert names == [APP, CURL, CAPTURE]  # capture never first
+    assert httpbin["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == APP
+    app = httpbin["spec"]["containers"][0]
+    # the project's echo app, the program every backend runs, serves every port of the workload
+    assert app["args"] == ["/opt/pytest-istio-mtls/echo.py", "--http=8080", "--http=9080", "--tcp=9000",
+                           "--name=httpbin.foo"]
+    assert app["volumeMounts"][0]["mountPath"] == "/opt/pytest-istio-mtls"
+    assert httpbin["spec"]["volumes"] == [{"name": "echo", "configMap": {"name": ECHO_CONFIG}}]
+    echo = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in by_kind(objects, "ConfigMap")}
+    assert echo[("foo", ECHO_CONFIG)]["data"]["echo.py"] == (REPO / "pytest_istio_mtls/backends/echo.py").read_text()
+    assert all(name == ECHO_CONFIG for _, name in echo)
     capture = httpbin["spec"]["containers"][-1]["securityContext"]["capabilities"]["add"]
     assert capture == ["NET_ADMIN", "NET_RAW"]
     assert httpbin["metadata"]["labels"]["version"] == "v1" and httpbin["metadata"]["labels"][WORKLOAD_LABEL] == "httpbin"
@@ -183,11 +192,11 @@ def test_revision_labels() -> None:
 
 def test_images_are_overridable() -> None:
     assert images({"curl": "mirror.local/curl:8.16.0"})["curl"] == "mirror.local/curl:8.16.0"
-    assert images()["httpbin"] == DEFAULT_IMAGES["httpbin"] == "docker.io/mccutchen/go-httpbin:v2.15.0"
+    assert images()["app"] == DEFAULT_IMAGES["app"] == "docker.io/library/python:3.13-slim"
     objects = render(load_scenario(BUILTIN / "01-no-policy.yaml"), "kind",
-                     image_overrides={"httpbin": "mirror.local/httpbin:v2.15.0"})
+                     image_overrides={"app": "mirror.local/python:3.13-slim"})
     used = {c["image"] for d in by_kind(objects, "Deployment") for c in d["spec"]["template"]["spec"]["containers"]}
-    assert "mirror.local/httpbin:v2.15.0" in used and DEFAULT_IMAGES["httpbin"] not in used
+    assert "mirror.local/python:3.13-slim" in used and DEFAULT_IMAGES["app"] not in used
 
 
 def test_one_container_port_cannot_be_http_and_tcp() -> None:

@@ -148,14 +148,13 @@ def test_backends_start_the_app_on_every_container_port(tmp_path: Path) -> None:
     assert httpbin is not None
     assert kubelet.pod(httpbin, "node")["spec"]["containers"][0]["ports"] == [
         {"containerPort": n, "protocol": "TCP"} for n in (8080, 9000, 9090)]
-    objects = render_topology(scenario.topology, Naming(None), {"httpbin": "h", "curl": "c", "tcp-echo": "t",
-                                                                 "capture": "x"})
+    objects = render_topology(scenario.topology, Naming(None), {"app": "a", "curl": "c", "capture": "x"})
     deployments = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"] for o in objects
                    if o["kind"] == "Deployment"}
     served = {c["name"]: [p["containerPort"] for p in c.get("ports", [])] for c in deployments["httpbin"]}
-    assert served == {"httpbin-8080": [8080], "httpbin-9090": [9090], "tcp-echo": [9000], "curl": [],
-                      "capture": []}
-    assert [c["name"] for c in deployments["dashboard"]] == ["httpbin", "curl"]  # no Service, but an app
+    assert served == {"app": [8080, 9090, 9000], "curl": [], "capture": []}  # one echo app serves every port
+    assert [c["name"] for c in deployments["dashboard"]] == ["app", "curl"]  # no Service, but an app
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] == "ConfigMap"} == {"foo"}  # the app's code
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == ["httpbin"]
 
 

@@ -266,8 +266,7 @@ def test_derived_tables_probe_every_workload_behind_the_service(tmp_path: Path) 
 
 def test_kind_renders_one_service_selecting_every_workload(tmp_path: Path) -> None:
     scenario = load(tmp_path, TOPOLOGY + "expect: derived\n")
-    objects = render_topology(scenario.topology, Naming(None), {"httpbin": "h", "curl": "c", "tcp-echo": "t",
-                                                                 "capture": "x"})
+    objects = render_topology(scenario.topology, Naming(None), {"app": "a", "curl": "c", "capture": "x"})
     services = [o for o in objects if o["kind"] == "Service"]
     assert [s["metadata"]["name"] for s in services] == ["httpbin"]
     assert services[0]["spec"]["selector"] == {SERVICE_LABEL: "httpbin"}

@@ -183,7 +183,7 @@ def test_unknown_minors_get_a_guessed_image_with_a_note() -> None:
     newer, note = versions.node_image_for("1.33.0-alpha.0")
     assert newer == versions.NODE_IMAGES["1.36"] and "not in the pinned support table" in note
     older, note = versions.node_image_for("1.20.1")
-    assert older == versions.NODE_IMAGES["1.34"] and "--kind-image" in note
+    assert older == versions.NODE_IMAGES["1.34"] and "--istio-kind-image" in note
 
 
 def test_pinned_kind_digests_cover_every_supported_platform() -> None:

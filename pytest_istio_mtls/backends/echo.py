@@ -1,7 +1,9 @@
-"""The server app of the local backend: an httpbin-like header echo on http ports, a byte echo on tcp ports.
+"""The server app of every backend: an httpbin-like header echo on http ports, a byte echo on tcp ports.
 
-Runs as its own process inside a pod's network namespace and imports nothing from the package,
-so it starts in a few milliseconds. HTTP answers are JSON ``{"method", "path", "headers", "body",
+One program everywhere, so a scenario means the same thing on every backend: the local backend runs it in a
+pod's network namespace, kind and existing run it in the pod's app container (any image with python3; the file
+reaches the pod in a ConfigMap). It imports nothing from the package and needs only the standard library, so it
+starts in a few milliseconds. HTTP answers are JSON ``{"method", "path", "headers", "body",
 "workload"}`` (like httpbin ``/anything``; headers include X-Forwarded-Client-Cert when the sidecar added
 it; ``workload`` names the pod that answered, so a Service with several workloads shows which one did),
 written in ONE send: headers and body in separate writes hit Nagle + delayed ACK behind Envoy and
