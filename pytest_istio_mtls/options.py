@@ -81,6 +81,9 @@ OPTIONS: tuple[Option, ...] = (
            "override workload images for mirrored registries, comma-separated KEY=IMAGE with KEY one of "
            "app (any image with python3: it runs the plugin's echo app), curl, capture (tcpdump)",
            metavar="KEY=IMAGE,..."),
+    Option("--istio-kind-cluster", "istio_kind_cluster",
+           "kind backend: the kind cluster to create, or to reuse when it exists (a reused cluster is never deleted; "
+           "pytest-kind's --cluster-name works too)", default="pytest-istio-mtls", metavar="NAME"),
     Option("--istio-kind-image", "istio_kind_image",
            "kind backend: the node image to create the cluster with (default: the kindest/node kind pairs with "
            "the Istio version; pytest-kind's --kind-image works too)", metavar="IMAGE"),
@@ -103,6 +106,8 @@ OPTIONS: tuple[Option, ...] = (
            default=False, kind="bool"),
 )
 BY_DEST = {o.dest: o for o in OPTIONS}
+KIND_ONLY = ("istio_tag", "istio_kind_cluster", "istio_kind_image", "istio_kind_config", "istio_kind_bin",
+             "istio_istioctl")
 
 
 def register(parser: pytest.Parser) -> None:
@@ -142,6 +147,7 @@ class Settings:
     hub: str = "docker.io/istio"
     tag: str | None = None  # pilot/proxyv2 image tag; None: the Istio version
     images: dict[str, str] = field(default_factory=dict)
+    kind_cluster: str = "pytest-istio-mtls"
     kind_image: str | None = None
     kind_config: Path | None = None
     kind_bin: Path | None = None
@@ -244,7 +250,7 @@ def resolve(config: pytest.Config) -> Settings:
     context = values["istio_context"][0]
     allow_mesh_wide = bool(values["istio_allow_mesh_wide"][0])
     if backend != "kind":  # env twins are left alone: a harness may set them for the kind runs among others
-        for dest in ("istio_tag", "istio_kind_image", "istio_kind_config", "istio_kind_bin", "istio_istioctl"):
+        for dest in KIND_ONLY:
             value, where = values[dest]
             if value and where.startswith("--"):
                 raise pytest.UsageError(f"{where} only applies to --istio-backend=kind (the backend is {backend})")
@@ -287,6 +293,7 @@ def resolve(config: pytest.Config) -> Settings:
         hub=str(values["istio_hub"][0] or BY_DEST["istio_hub"].default).rstrip("/"),
         tag=values["istio_tag"][0] or None,
         images=images,
+        kind_cluster=str(values["istio_kind_cluster"][0] or BY_DEST["istio_kind_cluster"].default),
         kind_image=values["istio_kind_image"][0] or None,
         kind_config=files["istio_kind_config"],
         kind_bin=files["istio_kind_bin"],

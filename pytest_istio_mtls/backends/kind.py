@@ -34,7 +34,6 @@ from .kube.naming import MANAGED_BY
 from .kube.tools import cache_dir, host_platform, istioctl_binary, kind_binary
 from .kube.versions import KIND_VERSION, fetch_releases, needs_releases, node_image_for, resolve
 
-DEFAULT_CLUSTER = "pytest-istio-mtls"
 # On a proxyv2 image built by `pytest-istio-mtls build-images`: "upstream <Envoy version>" (docs/kind.md).
 ENVOY_LABEL = "io.pytest-istio-mtls.envoy"
 STAGE_TIMEOUT_S = 300.0  # cluster creation and Istio install, each (a 5-minute budget per stage)
@@ -63,7 +62,7 @@ class KindBackend(KubeBackend):
         check_docker()
         target = host_platform()
         settings, extra = self.settings, self.settings.extra
-        name = str(extra.get("cluster_name") or DEFAULT_CLUSTER)
+        name = str(extra.get("cluster_name") or settings.kind_cluster)
         if not CLUSTER_NAME.match(name):
             raise BackendError(f"kind cluster name {name!r} must be lower-case letters, digits and '-'")
         if settings.istioctl is not None:

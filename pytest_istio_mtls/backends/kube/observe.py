@@ -31,6 +31,21 @@ from .probes import CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S, Reading, parse, read, scr
 from .workloads import PodInfo
 
 Stats = tuple[dict[str, int] | None, str]
+INBOUND = ("127.0.0.1", 15006)  # where iptables redirects a sidecar's call to its own pod (on lo)
+
+
+def self_call(probe: Probe) -> bool:
+    """A sidecar workload calling itself: the connection stays on lo, redirected to the inbound listener."""
+    return probe.source.ref == probe.target.ref and probe.target.sidecar
+
+
+def _side(entries: list[dict[str, Any]], probe: Probe, direction: str) -> list[dict[str, Any]]:
+    """A self-call's one log holds the client's (outbound) and the server's (inbound) entries of the same probe:
+    keep one side's, told apart by the cluster they went to."""
+    if not self_call(probe):
+        return entries
+    other = "inbound|" if direction == "outbound" else "outbound|"
+    return [e for e in entries if not str(e.get("upstream_cluster", "")).startswith(other)]
 
 
 def _connected(entry: dict[str, Any]) -> tuple[str, int] | None:
@@ -120,17 +135,19 @@ class Observer:
             proxies = sorted({w.ref for i in indexes for w in (probes[i].source, probes[i].target) if w.sidecar})
             for ref in sorted({probes[i].target.ref for i in indexes}):
                 pod = self.pods.get(ref)
-                if pod is not None:
-                    ports = [probes[i].port.target_port for i in indexes if probes[i].target.ref == ref]
-                    current.captures[ref] = Capture(self.kube, pod, ports)
-                    current.captures[ref].start()
+                if pod is not None:  # a round has one probe per target
+                    probe = next(probes[i] for i in indexes if probes[i].target.ref == ref)
+                    capture = Capture(self.kube, pod, [INBOUND[1]], "lo") if self_call(probe) else \
+                        Capture(self.kube, pod, [probe.port.target_port])
+                    current.captures[ref] = capture
+                    capture.start()
             before = {ref: stats[ref] if stats.get(ref, (None, ""))[0] is not None else self._stats(ref)
                       for ref in proxies}
             current.readings = run_sources(self.kube, self.naming, self.pods, probes, indexes)
             after = {ref: self._stats(ref) for ref in proxies}
             stats.update(after)
             current.pcaps = {ref: capture.stop() for ref, capture in current.captures.items()}
-            current.logs = self._logs(probes, current, proxies)
+            current.logs = self._logs(probes, current, proxies, self._denied(probes, indexes, before, after))
             for index in indexes:
                 observations[index] = self._assemble(probes[index], current, before, after, index)
         return observations
@@ -141,9 +158,23 @@ class Observer:
             return None, f"{ref} has no running pod"
         return snapshot(self.kube, pod)
 
-    def _logs(self, probes: Sequence[Probe], current: Round,
-              proxies: Sequence[str]) -> dict[str, tuple[list[dict[str, Any]], str]]:
-        """Access logs of the round's sidecars, re-read until every sidecar client's entry is there."""
+    @staticmethod
+    def _denied(probes: Sequence[Probe], indexes: Sequence[int], before: Mapping[str, Stats],
+                after: Mapping[str, Stats]) -> set[int]:
+        """The round's probes whose server sidecar counted an RBAC denial (one probe per target in a round)."""
+        found = set()
+        for index in indexes:
+            ref = probes[index].target.ref
+            first, second = before.get(ref, (None, ""))[0], after.get(ref, (None, ""))[0]
+            if first is not None and second is not None and any(
+                    name.endswith("rbac.denied") and moved > 0 for name, moved in delta(first, second).items()):
+                found.add(index)
+        return found
+
+    def _logs(self, probes: Sequence[Probe], current: Round, proxies: Sequence[str],
+              denied: set[int]) -> dict[str, tuple[list[dict[str, Any]], str]]:
+        """Access logs of the round's sidecars, re-read until every sidecar client's entry is there, and the
+        server's entry of every denial the server counted (the verdict needs the policy it names)."""
         def fetch() -> dict[str, tuple[list[dict[str, Any]], str]]:
             since = time.time() - current.started
             return {ref: access_log(self.kube, self.pods[ref], since) for ref in proxies if ref in self.pods}
@@ -151,14 +182,17 @@ class Observer:
         def complete(logs: dict[str, tuple[list[dict[str, Any]], str]]) -> bool:
             for i in current.indexes:
                 probe, reading = probes[i], current.readings.get(i)
+                if i in denied and not probe.source.sidecar and isinstance(reading, Reading) and \
+                        reading.client is not None and not self._server_entries(probe, logs, reading.client):
+                    return False  # written when the server closes the connection, flushed on its own timer
                 if not (probe.source.sidecar and probe.source.ref in logs and isinstance(reading, Reading)):
                     continue
                 entries = self._client_entries(probe, logs, reading)
                 if not entries:
                     return False
-                # A TCP peer identity is only in the server's entry, written when the connection closes and
-                # flushed on the server sidecar's own timer: wait for it too when the client got through.
-                if probe.port.protocol == "tcp" and probe.target.sidecar and probe.target.ref in logs:
+                # A TCP peer identity (or denial) is only in the server's entry, written when the connection
+                # closes and flushed on the server sidecar's own timer: wait for it too when the client got through.
+                if (probe.port.protocol == "tcp" or i in denied) and probe.target.sidecar and probe.target.ref in logs:
                     for wire in (_connected(e) for e in entries):
                         if wire is not None and not self._server_entries(probe, logs, wire):
                             return False
@@ -171,7 +205,7 @@ class Observer:
 
     def _client_entries(self, probe: Probe, logs: Mapping[str, tuple[list[dict[str, Any]], str]],
                         reading: Reading | str | None) -> list[dict[str, Any]]:
-        entries = logs.get(probe.source.ref, ([], ""))[0]
+        entries = _side(logs.get(probe.source.ref, ([], ""))[0], probe, "outbound")
         if probe.port.protocol == "http":
             return accesslog.matching(entries, marker=probe.marker)
         if isinstance(reading, Reading) and reading.client is not None:
@@ -180,7 +214,7 @@ class Observer:
 
     def _server_entries(self, probe: Probe, logs: Mapping[str, tuple[list[dict[str, Any]], str]],
                         wire: tuple[str, int] | None) -> list[dict[str, Any]]:
-        entries = logs.get(probe.target.ref, ([], ""))[0]
+        entries = _side(logs.get(probe.target.ref, ([], ""))[0], probe, "inbound")
         found = accesslog.matching(entries, marker=probe.marker) if probe.port.protocol == "http" else []
         if wire is not None:
             address = format_address(*wire)
@@ -246,8 +280,9 @@ class Observer:
         pod = self.pods.get(probe.target.ref)
         if capture is None or pod is None:
             return None
+        interface, server = ("lo", INBOUND) if self_call(probe) else ("eth0", (pod.ip, probe.port.target_port))
         if capture.error and not capture.pcap:
-            return CaptureEvidence(interface="eth0", note=capture.error)
+            return CaptureEvidence(interface=interface, note=capture.error)
         pcap = current.pcaps.get(probe.target.ref, b"")
         path = ""
         if self.pcap_dir is not None and pcap:
@@ -255,7 +290,7 @@ class Observer:
             target = self.pcap_dir / f"{probe.marker}.pcap"
             target.write_bytes(pcap)
             path = str(target)
-        result = analyse(pcap, interface="eth0", server=(pod.ip, probe.port.target_port), client=wire,
+        result = analyse(pcap, interface=interface, server=server, client=wire,
                          marker=probe.marker, pcap_path=path)
         if capture.error and not result.note:
             result.note = capture.error

@@ -268,6 +268,65 @@ def test_a_tcp_mtls_row_waits_for_the_servers_late_log_entry_replay() -> None:
     observer = Observer(LateServer(), naming, pods, lambda m: None)
     current = Round([0])
     current.readings = {0: Reading(None, None, "", True, "hello", 2.0, ("10.244.0.13", 41000))}
-    logs = observer._logs([probe], current, ["curl.foo", "tcp-echo.foo"])
+    logs = observer._logs([probe], current, ["curl.foo", "tcp-echo.foo"], set())
     assert reads.count("tcp-echo-1") == 3
     assert logs["tcp-echo.foo"][0][0]["downstream_peer_uri_san"] == "spiffe://cluster.local/ns/foo/sa/curl"
+
+
+def test_a_denial_of_a_client_without_sidecar_waits_for_the_servers_late_log_entry_replay() -> None:
+    """Seen on kind: the server counted tcp.rbac.denied for a plaintext client, and its access-log entry (which
+    names the policy) came after the first read; the run must wait for it, as it does for a peer identity."""
+    from pytest_istio_mtls.backends.kube.observe import Round
+    from pytest_istio_mtls.backends.kube.probes import Reading
+
+    tcp = Port("tcp", 9000, 9000, "tcp")
+    echo = Workload("tcp-echo", "foo", {"app": "tcp-echo"}, "tcp-echo", True, (tcp,))
+    legacy = Workload("curl", "legacy", {"app": "curl"}, "curl", False, ())
+    pods = {"curl.legacy": PodInfo("curl.legacy", "legacy", "curl-2", "10.244.0.14", True, False, False),
+            "tcp-echo.foo": PodInfo("tcp-echo.foo", "foo", "tcp-echo-1", "10.244.0.12", True, True, True)}
+    server_line = json.dumps({"response_flags": "-", "downstream_remote_address": "10.244.0.14:41000",
+                              "connection_termination_details": "rbac_access_denied_matched_policy[ns[foo]-policy[x]-rule[0]]"})
+    reads: list[str] = []
+
+    class LateServer(ReplayKube):
+        def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
+                 tail_lines: int | None = None) -> str:
+            reads.append(pod)
+            return server_line if reads.count("tcp-echo-1") >= 3 else ""
+
+    probe = Probe(legacy, echo, tcp, marker="istio-mtls-probe-tcp2")
+    observer = Observer(LateServer(), Naming(None), pods, lambda m: None)
+    current = Round([0])
+    current.readings = {0: Reading(None, "closed", "", False, "", 2.0, ("10.244.0.14", 41000))}
+    before = {"tcp-echo.foo": ({"tcp.rbac.denied": 0}, "")}
+    after = {"tcp-echo.foo": ({"tcp.rbac.denied": 1}, "")}
+    denied = observer._denied([probe], [0], before, after)
+    assert denied == {0}
+    logs = observer._logs([probe], current, ["tcp-echo.foo"], denied)
+    assert reads.count("tcp-echo-1") == 3
+    assert "rbac_access_denied" in logs["tcp-echo.foo"][0][0]["connection_termination_details"]
+    assert observer._denied([probe], [0], before, before) == set()  # nothing counted: nothing to wait for
+
+
+def test_a_sidecar_calling_itself_is_captured_on_lo_at_the_inbound_listener() -> None:
+    """Its connection never reaches eth0: iptables redirects it on lo to 127.0.0.1:15006 (seen on kind)."""
+    from pytest_istio_mtls.backends.kube.evidence import capture_command
+    from pytest_istio_mtls.backends.kube.observe import self_call
+
+    port = Port("http", 8080, 8080, "http")
+    backend = Workload("backend", "app", {"app": "backend"}, "backend", True, (port,))
+    assert self_call(Probe(backend, backend, port)) and not self_call(Probe(CURL_FOO, backend, port))
+    assert "tcpdump -i lo -p" in capture_command([15006], "lo")[-1] and "'tcp port 15006'" in capture_command(
+        [15006], "lo")[-1]
+    assert "tcpdump -i eth0 -p" in capture_command([8080])[-1]
+    # Both sides of the call are in the pod's one log, with the same marker: the wire is the outbound entry's.
+    probe = Probe(backend, backend, port, marker="istio-mtls-probe-self")
+    outbound = {"marker": probe.marker, "upstream_cluster": "outbound|8080||backend.app.svc.cluster.local",
+                "upstream_local_address": "10.244.0.7:40000"}
+    inbound = {"marker": probe.marker, "upstream_cluster": "inbound|8080||",
+               "upstream_local_address": "127.0.0.6:51080", "downstream_remote_address": "10.244.0.7:40000"}
+    pods = {"backend.app": PodInfo("backend.app", "app", "backend-1", "10.244.0.7", True, True, True)}
+    observer = Observer(ReplayKube(), Naming(None), pods, lambda m: None)
+    logs = {"backend.app": ([inbound, outbound], "")}
+    assert observer._client_entries(probe, logs, None) == [outbound]
+    assert observer._server_entries(probe, logs, ("10.244.0.7", 40000)) == [inbound]
