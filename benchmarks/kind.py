@@ -88,8 +88,9 @@ def measure(backend_name: str, switches: int, probes: int) -> dict[str, Any]:
             figures["start_s"] = round(time.monotonic() - started, 1)
             phases = {"creating": "cluster_create_s", "loading": "images_load_s", "installing Istio": "istio_install_s"}
             points = [(t, key) for t, message in marks for word, key in phases.items() if word in message]
-            for (t, key), (t_next, _) in zip(points, [*points[1:], (time.monotonic(), "")], strict=True):
-                figures[key] = round(t_next - t, 1)
+            ends = [t for t, _ in points[1:]] + [time.monotonic()] if points else []
+            for (t, key), end in zip(points, ends, strict=True):  # each phase lasts until the next one starts
+                figures[key] = round(end - t, 1)
             topology = default_topology()
             figures["deploy_default_s"] = round(timed(lambda: backend.deploy(topology, MeshSettings())), 1)
             second = load_scenario(SECOND)
@@ -120,7 +121,10 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [measure(name, args.switches, args.probes) for name in args.backends.split(",")]
+    results = []
+    for name in args.backends.split(","):
+        results.append(measure(name, args.switches, args.probes))
+        print(f"  [{name}] {json.dumps(results[-1])}", file=sys.stderr, flush=True)  # kept if a later one fails
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
