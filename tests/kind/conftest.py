@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -37,9 +39,14 @@ def _docker() -> None:
                     "tests/kind")
 
 
+class SessionCluster(NamedTuple):
+    kube: Kube  # for the tests to look with
+    kubeconfig: Path
+
+
 @pytest.fixture(scope="session")
-def kind_cluster(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
-    """The session's cluster with Istio, as the kind backend creates it; its API for the tests to look with."""
+def kind_cluster(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionCluster]:
+    """The session's cluster with Istio, as the kind backend creates it."""
     root = tmp_path_factory.mktemp("kind")
     settings = dataclasses.replace(resolve(pytestconfig), backend="kind", kind_cluster=CLUSTER, rootdir=root,
                                    timeout=300.0)
@@ -51,6 +58,6 @@ def kind_cluster(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathF
     backend.start()
     assert backend.cluster is not None
     try:
-        yield Kube(backend.cluster.kubeconfig)
+        yield SessionCluster(Kube(backend.cluster.kubeconfig), backend.cluster.kubeconfig)
     finally:
         backend.cluster.delete()

@@ -1,5 +1,5 @@
 """The product on a real kind cluster with real Istio: a run with evidence, a flipped expectation, a frozen
-sidecar, and Ctrl-C in the middle of a run."""
+sidecar, Ctrl-C in the middle of a run, and the existing backend on that cluster."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pytest_istio_mtls.backends.kube.client import Kube
 from pytest_istio_mtls.backends.kube.naming import MANAGED_BY
 from pytest_istio_mtls.scenario.loader import load_scenario
 
-from .conftest import CLUSTER
+from .conftest import CLUSTER, SessionCluster
 
 BUILTIN = Path(__file__).parents[2] / "pytest_istio_mtls" / "scenarios"
 STRICT = BUILTIN / "03-namespace-strict.yaml"  # mtls, refused and plaintext rows
@@ -45,7 +45,7 @@ def leftovers(kube: Kube) -> list[str]:
     return found
 
 
-def test_scenarios_pass_on_kind_with_evidence(pytester: pytest.Pytester, kind_cluster: Kube) -> None:
+def test_scenarios_pass_on_kind_with_evidence(pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
     """Every row of two built-in scenarios passes, each on its own evidence: an mtls row has the peer's SPIFFE
     identity and TLS records in the capture, a plaintext row the marker in clear, a denial the server's RBAC."""
     directory = pytester.mkdir("scenarios")
@@ -69,10 +69,10 @@ def test_scenarios_pass_on_kind_with_evidence(pytester: pytest.Pytester, kind_cl
         if row["observed"] == "denied":
             assert any("rbac" in name for name in evidence["server_proxy"]["stats_delta"]), row
     assert {"mtls", "plaintext", "refused", "denied"} <= observed
-    assert not leftovers(kind_cluster)
+    assert not leftovers(kind_cluster.kube)
 
 
-def test_a_flipped_expectation_fails_exactly_that_item(pytester: pytest.Pytester, kind_cluster: Kube) -> None:
+def test_a_flipped_expectation_fails_exactly_that_item(pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
     data = yaml.safe_load(STRICT.read_text())
     row = next(r for r in data["expect"] if r["result"] == "mtls")
     row["result"] = "plaintext"
@@ -85,7 +85,7 @@ def test_a_flipped_expectation_fails_exactly_that_item(pytester: pytest.Pytester
     result.stdout.fnmatch_lines(["*expected: plaintext", "*observed: mtls*"])
 
 
-def test_a_frozen_server_sidecar_is_an_error_never_a_pass(pytester: pytest.Pytester, kind_cluster: Kube) -> None:
+def test_a_frozen_server_sidecar_is_an_error_never_a_pass(pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
     """The server's Envoy stops answering (SIGSTOP, in its own container): the probe is an error, not refused."""
     pytester.makepyfile(f'''
         import time
@@ -114,7 +114,7 @@ def test_a_frozen_server_sidecar_is_an_error_never_a_pass(pytester: pytest.Pytes
     result = pytester.runpytest_subprocess(*RUN, "-s", "--istio-timeout=60")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["ERROR SEEN: *"])
-    assert not leftovers(kind_cluster)
+    assert not leftovers(kind_cluster.kube)
 
 
 def interrupt(arguments: list[str], cwd: Path, after: str, wait: float) -> str:
@@ -139,16 +139,16 @@ def interrupt(arguments: list[str], cwd: Path, after: str, wait: float) -> str:
     return "".join(lines) + rest
 
 
-def test_ctrl_c_mid_run_leaves_nothing_in_the_cluster(pytester: pytest.Pytester, kind_cluster: Kube) -> None:
+def test_ctrl_c_mid_run_leaves_nothing_in_the_cluster(pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
     directory = pytester.mkdir("scenarios")
     shutil.copy(AUTHZ, directory / AUTHZ.name)
     output = interrupt(["--istio-scenarios", *RUN, "-s"], pytester.path, r"policies .*in force|deploying", 3.0)
     assert "KeyboardInterrupt" in output or "Interrupted" in output, output[-2000:]
-    assert not leftovers(kind_cluster), output[-2000:]
+    assert not leftovers(kind_cluster.kube), output[-2000:]
     assert not list(Path("/tmp").glob("pytest-istio-mtls-*")), "an istioctl overlay directory was left behind"
 
 
-def test_ctrl_c_while_creating_removes_the_cluster_it_created(pytester: pytest.Pytester, kind_cluster: Kube) -> None:
+def test_ctrl_c_while_creating_removes_the_cluster_it_created(pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
     """A run interrupted while its own cluster starts deletes that cluster (a reused one it never touches)."""
     name = "imtls-interrupted"
     directory = pytester.mkdir("scenarios")
@@ -160,3 +160,35 @@ def test_ctrl_c_while_creating_removes_the_cluster_it_created(pytester: pytest.P
     clusters = subprocess.run([kind, "get", "clusters"], capture_output=True, text=True, check=False).stdout.split()
     assert name not in clusters, output[-2000:]
     assert CLUSTER in clusters
+
+
+def cluster_listing(kube: Kube) -> set[str]:
+    """Every namespace and every object of the kinds a run creates, cluster-wide."""
+    kinds = [("v1", "Namespace"), ("v1", "ServiceAccount"), ("v1", "Service"), ("v1", "ConfigMap"),
+             ("apps/v1", "Deployment"), ("security.istio.io/v1", "PeerAuthentication"),
+             ("security.istio.io/v1", "AuthorizationPolicy"), ("networking.istio.io/v1", "DestinationRule"),
+             ("networking.istio.io/v1alpha3", "EnvoyFilter")]
+    found = set()
+    for api_version, kind in kinds:
+        for item in kube.list(api_version, kind, None):
+            metadata = item.get("metadata") or {}
+            found.add(f"{kind} {metadata.get('namespace') or ''}/{metadata.get('name')}")
+    return found
+
+
+def test_the_existing_backend_installs_nothing_and_leaves_the_cluster_as_it_was(
+        pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
+    """On a cluster that already runs Istio: per-run namespaces, nothing installed, everything removed after."""
+    before = cluster_listing(kind_cluster.kube)
+    directory = pytester.mkdir("scenarios")
+    for path in (STRICT, AUTHZ):
+        shutil.copy(path, directory / path.name)
+    result = pytester.runpytest_subprocess("--istio-scenarios", "--istio-backend=existing",
+                                           f"--istio-kubeconfig={kind_cluster.kubeconfig}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=rows(STRICT) + rows(AUTHZ))
+    # The run deletes its namespaces; Kubernetes removes what is in them afterwards (a namespace terminates).
+    deadline = time.monotonic() + 180
+    while (left := cluster_listing(kind_cluster.kube) - before) and time.monotonic() < deadline:
+        time.sleep(3)
+    assert not left, f"still there 180 s after the run: {sorted(left)}"
+    assert cluster_listing(kind_cluster.kube) == before
