@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from pytest_istio_mtls.backends import create
 from pytest_istio_mtls.judge.observation import Probe
 from pytest_istio_mtls.judge.verdict import decide
 from pytest_istio_mtls.model import MeshSettings, Scenario, default_topology
-from pytest_istio_mtls.options import Settings
+from pytest_istio_mtls.options import BY_DEST, Settings
 from pytest_istio_mtls.scenario.loader import load_policies, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +49,6 @@ CLUSTER = "imtls-benchmark"
 
 def settings_for(backend: str, root: Path) -> Settings:
     """The environment's settings (env twins: the harness names its images there), for one backend."""
-    import os
-
-    from pytest_istio_mtls.options import BY_DEST
-
     def env(dest: str) -> str | None:
         return os.environ.get(BY_DEST[dest].env) or None
 
