@@ -261,9 +261,9 @@ def resolve(config: pytest.Config) -> Settings:
                 raise pytest.UsageError(f"{where} only applies to --istio-backend=existing (the backend is "
                                         f"{backend})")
     if backend == "local":
-        for dest in ("istio_revision", "istio_hub", "istio_images"):
+        for dest in ("istio_revision", "istio_hub", "istio_images"):  # env twins alone, as for KIND_ONLY above
             value, where = values[dest]
-            if value and value != BY_DEST[dest].default and not where.startswith("ini"):
+            if value and value != BY_DEST[dest].default and where.startswith("--"):
                 raise pytest.UsageError(f"{where} does not apply to --istio-backend=local (no images, no cluster)")
         value, where = values["istio_version"]
         if value and value != "latest" and values["istio_control_plane"][0] != "istiod" and \

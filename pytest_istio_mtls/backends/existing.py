@@ -31,7 +31,6 @@ class ExistingBackend(KubeBackend):
 
     def __init__(self, settings: Settings, progress: Progress) -> None:
         super().__init__(settings, progress)
-        self.install: istio.IstioInstall | None = None
         self.run_id = secrets.token_hex(3)
         self.mesh_config: dict[str, object] = {}
 

@@ -56,7 +56,6 @@ class KindBackend(KubeBackend):
         self.tag = ""
         self.envoy = ""  # "upstream 1.39.3" when the proxy image carries upstream Envoy
         self.reused = False
-        self.install: istio.IstioInstall | None = None
 
     def start(self) -> None:
         check_docker()

@@ -27,13 +27,7 @@ def unsupported(scenario: Scenario, backend: str, control_plane: str = "istiod")
         return (f"{_plural(len(ambient), 'workload')} in ambient mode ({', '.join(ambient)}): no backend of "
                 "pytest-istio-mtls runs ambient (ztunnel) yet; fix: give the namespace `sidecars: true` "
                 "instead of `ambient: true`, or leave this scenario out of the run")
-    if backend != "local":
-        directed = _directed(scenario)
-        return None if directed is None else (
-            f"{directed}: the {backend} backend does not direct probes like this yet (one workload of a Service, "
-            "a subset route, a pod address, a client certificate); fix: run it on the local backend "
-            "(--istio-backend=local)")
-    if control_plane != "emulated":
+    if backend != "local" or control_plane != "emulated":
         return None
     directed = _directed(scenario)
     if directed is not None:

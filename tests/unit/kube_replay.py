@@ -84,6 +84,17 @@ def _selected(obj: dict[str, Any], selector: str) -> bool:
     return True
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """JSON merge patch (RFC 7386), what ``Kube.patch`` sends: maps merge recursively, null deletes a key."""
+    for field, value in patch.items():
+        if value is None:
+            target.pop(field, None)
+        elif isinstance(value, dict) and isinstance(target.get(field), dict):
+            merge_patch(target[field], value)
+        else:
+            target[field] = copy.deepcopy(value)
+
+
 class ReplayKube:
     def __init__(self, now: float = 1_790_000_000.0) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -141,15 +152,11 @@ class ReplayKube:
         stored = self.objects.get((kind, namespace or "", name))
         if stored is None:
             raise KubeError(f"patch {kind} {namespace}/{name}: not found", 404)
-        for field, value in body.items():
-            if isinstance(value, dict):
-                stored.setdefault(field, {}).update(value)
-            else:
-                stored[field] = value
+        merge_patch(stored, body)
         return copy.deepcopy(stored)
 
     def exec(self, namespace: str, pod: str, container: str, command: Sequence[str],
-             timeout: float = 60.0) -> ExecResult:
+             timeout: float = 60.0, stdin: bytes | None = None) -> ExecResult:
         self.calls.append(("exec", namespace, pod, container, list(command)))
         return self.exec_handler(namespace, pod, container, list(command))
 

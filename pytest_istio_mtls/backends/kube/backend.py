@@ -18,13 +18,16 @@ from ...model import MeshSettings, Scenario, Topology
 from ...options import Settings
 from ...oracle import mtls
 from ..base import BackendError, Progress
-from . import propagation
-from .apply import Applier
+from . import routing
+from .apply import Applied, Applier
 from .client import KubeApi
+from .credentials import Credentials
 from .diagnostics import sections
+from .istio import IstioInstall
 from .manifests import images, render_topology
-from .naming import Naming
+from .naming import Naming, run_labels
 from .observe import Observer, sweep
+from .propagation import Generations
 from .workloads import PodInfo, current_pods, wait_ready
 
 Ref = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
@@ -37,10 +40,13 @@ def _ref(obj: dict[str, Any]) -> Ref:
 
 
 def confirmation_probes(scenario: Scenario) -> list[Probe]:
-    """The scenario's own rows, or every client × server port when it has none (fixture use)."""
+    """The scenario's own rows, or every client × server port when it has none (fixture use); without the ones
+    that need a routing state or a client certificate, which are set up only for their own probes."""
     if scenario.expectations:
-        return [Probe(e.source, e.target, e.port, e.request) for e in scenario.expectations]
-    return [Probe(p.source, p.target, p.port) for p in mtls.predict_all(scenario)]
+        probes = [Probe(e.source, e.target, e.port, e.request) for e in scenario.expectations]
+    else:
+        probes = [Probe(p.source, p.target, p.port) for p in mtls.predict_all(scenario)]
+    return [p for p in probes if not routing.routed(p) and not p.request.tls]
 
 
 class KubeBackend:
@@ -60,6 +66,9 @@ class KubeBackend:
         self.workload_objects: list[Ref] = []
         self.namespaces: set[str] = set()  # cluster namespaces this run created
         self.access_logs = True
+        self.install: IstioInstall | None = None  # the control plane in use (set by start)
+        self.generations: Generations | None = None
+        self.credentials: Credentials | None = None
 
     # -- hooks ------------------------------------------------------------------------------------------
 
@@ -80,6 +89,19 @@ class KubeBackend:
         if self.applier is None:
             self.applier = Applier(self._api(), self.progress)
         return self.applier
+
+    def _generations(self) -> Generations:
+        if self.generations is None:
+            if self.install is None:
+                raise BackendError(f"the {self.name} backend has no control plane")
+            self.generations = Generations(self._api(), self.install.namespace,
+                                           f"app=istiod,istio.io/rev={self.install.revision}", self.settings.timeout,
+                                           run_labels(self.naming))
+        return self.generations
+
+    def _sidecar_namespaces(self) -> list[str]:
+        topology = self.topology
+        return sorted({self.naming.ns(w.namespace) for w in topology.workloads if w.sidecar}) if topology else []
 
     # -- Backend protocol -------------------------------------------------------------------------------
 
@@ -112,8 +134,8 @@ class KubeBackend:
     def apply(self, scenario: Scenario) -> None:
         self._check_policies(scenario)
         applier = self._applier()
-        removed = list(self.scenario.policies) if self.scenario is not None else []
-        applier.wait_gone(applier.delete_all())
+        removed = applier.delete_all()
+        applier.wait_gone(removed)
         known = [n.name for n in scenario.topology.namespaces]
         items = [(p, self.naming.rewrite(p.manifest, known)) for p in scenario.policies]
         self.scenario = scenario
@@ -124,18 +146,33 @@ class KubeBackend:
         if self.scenario is None:
             return
         applier = self._applier()
-        applier.wait_gone(applier.delete_all())
-        removed = list(self.scenario.policies)
+        removed = applier.delete_all()
+        applier.wait_gone(removed)
         self.scenario = dataclasses.replace(self.scenario, policies=(), expectations=())
         self._settle(self.scenario, removed, confirm=False)
 
     def probe(self, probes: Sequence[Probe]) -> list[Observation]:
+        """Probe in groups that need the same routing state (routing.py), each put in force before its group."""
         kube = self._api()
-        if self.topology is not None:
-            self.pods = current_pods(kube, self.topology.workloads, self.naming)
+        if self.topology is None:
+            raise BackendError(f"the {self.name} backend has nothing deployed")
+        if self.credentials is None:
+            self.credentials = Credentials(kube, self.naming, images(self.settings.images), self.revision,
+                                           self.settings.timeout, self.progress)
         pcaps = self.settings.report / "pcaps" if self.settings.report is not None else None
-        observer = Observer(kube, self.naming, self.pods, self.progress, pcaps, self.access_logs)
-        return observer.observe(probes)
+        router = routing.Router(kube, self.naming, self.topology, lambda: self.pods, self._generations(),
+                                self._sidecar_namespaces(), self.settings.timeout, self.progress)
+        observations: dict[int, Observation] = {}
+        try:
+            for group in routing.order(probes):
+                router.route(probes[group[0]])
+                self.pods = current_pods(kube, self.topology.workloads, self.naming)
+                observer = Observer(kube, self.naming, self.pods, self.progress, pcaps, self.access_logs,
+                                    self.credentials)
+                observations.update(zip(group, observer.observe([probes[i] for i in group]), strict=True))
+        finally:
+            router.reset()
+        return [observations[i] for i in range(len(probes))]
 
     def diagnostics(self, probes: Sequence[Probe]) -> dict[str, str]:
         applied = list(self.applier.applied) if self.applier is not None else []
@@ -151,6 +188,8 @@ class KubeBackend:
         try:
             if self.applier is not None:
                 self.applier.delete_all()
+            if self.generations is not None:
+                self.generations.remove()
         except BackendError as exc:
             problems.append(str(exc))
         for namespace in sorted(self.namespaces):
@@ -163,10 +202,15 @@ class KubeBackend:
 
     # -- propagation ------------------------------------------------------------------------------------
 
-    def _settle(self, scenario: Scenario, removed: Sequence[Any], confirm: bool) -> None:
-        kube = self._api()
-        wanted = propagation.expectations(scenario, self.naming, removed)
-        propagation.wait_in_force(kube, self.pods, wanted, self.settings.timeout, self.progress)
+    def _settle(self, scenario: Scenario, removed: Sequence[Applied], confirm: bool) -> None:
+        """istiod holds exactly the scenario's policies, then every sidecar serves a generation pushed after that
+        (propagation.py); with ``confirm``, two sweeps of the scenario's probes agree too."""
+        generations = self._generations()
+        applied = list(self.applier.applied) if self.applier is not None else []
+        generations.wait_held(applied, removed)
+        generations.confirm(self._sidecar_namespaces(), self.pods.values())
+        self.progress(f"policies in force on {sum(1 for p in self.pods.values() if p.sidecar)} sidecars "
+                      f"(generation {generations.generation})")
         if confirm:
             self._confirm(scenario)
 

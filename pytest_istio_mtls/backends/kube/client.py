@@ -97,7 +97,7 @@ class KubeApi(Protocol):
               body: dict[str, Any]) -> dict[str, Any]: ...
 
     def exec(self, namespace: str, pod: str, container: str, command: Sequence[str],
-             timeout: float = 60.0) -> ExecResult: ...
+             timeout: float = 60.0, stdin: bytes | None = None) -> ExecResult: ...
 
     def exec_stream(self, namespace: str, pod: str, container: str, command: Sequence[str]) -> ExecStream: ...
 
@@ -373,14 +373,18 @@ class Kube:
                 raise KubeError(f"exec in {namespace}/{pod} ({container}): {message}", status) from None
 
     def exec(self, namespace: str, pod: str, container: str, command: Sequence[str],
-             timeout: float = 60.0) -> ExecResult:
+             timeout: float = 60.0, stdin: bytes | None = None) -> ExecResult:
+        """Run ``command`` to completion. ``stdin`` is written once (never closed: the v4 exec protocol cannot),
+        so a command reading it must stop at a delimiter, not at end of input. Secrets go this way, never argv."""
         try:
-            ws = self._open(namespace, pod, container, command, stdin=False)
+            ws = self._open(namespace, pod, container, command, stdin=stdin is not None)
         except KubeError as exc:
             return ExecResult(error=str(exc))
         stdout, stderr = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
         try:
+            if stdin is not None:
+                ws.write_stdin(stdin)
             while ws.is_open() and time.monotonic() < deadline:
                 ws.update(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
                 stdout += ws.read_channel(1) or b""

@@ -3,8 +3,9 @@
 Pure functions, no cluster: ``pytest-istio-mtls render`` prints exactly these. Servers run the project's
 echo app (backends/echo.py, the same program the local backend runs: http ports echo the request and its
 headers, X-Forwarded-Client-Cert included; tcp ports echo bytes), shipped in a ConfigMap to an image with
-python3; every pod has a ``curl`` container to probe from, and server pods a ``capture`` container (tcpdump)
-as a non-first container, so Istio's default container stays the app.
+python3; every pod has a ``curl`` container to probe from, pods without a sidecar a ``tls-client`` container
+(python3 with backends/tlsprobe.py, for clients that speak TLS themselves), and server pods a ``capture`` container
+(tcpdump) as a non-first container, so Istio's default container stays the app.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...judge.accesslog import FORMAT
-from .. import echo
+from .. import echo, tlsprobe
 from ..base import BackendError
-from .naming import MANAGED_BY, RUN_LABEL, Naming
+from .naming import MANAGED_BY, Naming, run_labels
 
 if TYPE_CHECKING:
     from ...model import MeshSettings, Port, Topology, Workload
@@ -30,6 +31,9 @@ PROXY = "istio-proxy"
 APP = "app"
 CURL = "curl"
 CAPTURE = "capture"
+TLS_CLIENT = "tls-client"  # python3 running backends/tlsprobe.py: in every pod without a sidecar (``tls:`` rows)
+CREDENTIALS = "pytest-istio-mtls-credentials"  # the pod a ``mesh-cert`` client's workload certificate comes from
+OUTPUT_CERTS = "/etc/istio-output-certs"
 ECHO_CONFIG = "pytest-istio-mtls-echo"  # the ConfigMap holding backends/echo.py, one per namespace
 ECHO_DIR = "/opt/pytest-istio-mtls"
 FRESH_CONNECTIONS = "pytest-istio-mtls-fresh-connections"
@@ -94,10 +98,7 @@ def access_log_format() -> str:
 
 
 def _labels(naming: Naming, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    labels = {**MANAGED_BY, **(extra or {})}
-    if naming.run_id is not None:
-        labels[RUN_LABEL] = naming.run_id
-    return labels
+    return {**MANAGED_BY, **(extra or {}), **run_labels(naming)}
 
 
 def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, str],
@@ -106,13 +107,11 @@ def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, 
     objects: list[dict[str, Any]] = []
     for namespace in topology.namespaces:
         labels = _labels(naming)
-        if namespace.sidecars:
+        if namespace.sidecars:  # a namespace without: each pod without a sidecar opts out itself (deployment())
             labels.update(injection_label(revision))
-        elif not any(w.sidecar for w in topology.workloads if w.namespace == namespace.name):
-            labels["istio-injection"] = "disabled"
         objects.append({"apiVersion": "v1", "kind": "Namespace",
                         "metadata": {"name": naming.ns(namespace.name), "labels": labels}})
-    for ns in sorted({w.namespace for w in topology.workloads if w.ports or w.container_ports}):
+    for ns in sorted({w.namespace for w in topology.workloads if w.ports or w.container_ports or not w.sidecar}):
         objects.append(echo_config_map(ns, naming))
     for ns, account in sorted({(w.namespace, w.service_account) for w in topology.workloads}):
         objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -127,10 +126,12 @@ def render_topology(topology: Topology, naming: Naming, image_map: Mapping[str, 
 
 
 def echo_config_map(namespace: str, naming: Naming) -> dict[str, Any]:
-    """backends/echo.py for the app containers of one namespace (a ConfigMap is namespaced)."""
+    """backends/echo.py for the app containers and backends/tlsprobe.py for the tls-client containers of one
+    namespace (a ConfigMap is namespaced)."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": ECHO_CONFIG, "namespace": naming.ns(namespace), "labels": _labels(naming)},
-            "data": {"echo.py": Path(echo.__file__).read_text(encoding="utf-8")}}
+            "data": {"echo.py": Path(echo.__file__).read_text(encoding="utf-8"),
+                     "tlsprobe.py": Path(tlsprobe.__file__).read_text(encoding="utf-8")}}
 
 
 def _app_containers(workload: Workload, image_map: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -183,14 +184,18 @@ def deployment(workload: Workload, topology: Topology, naming: Naming, image_map
     containers = [*app]
     containers.append({"name": CURL, "image": image_map["curl"], "command": ["/bin/sleep", "infinity"],
                        "resources": _requests()})
-    if workload.ports:
+    if not workload.sidecar:
+        containers.append({"name": TLS_CLIENT, "image": image_map["app"], "command": ["sleep", "infinity"],
+                           "volumeMounts": [{"name": "echo", "mountPath": ECHO_DIR, "readOnly": True}],
+                           "resources": _requests()})
+    if workload.ports or workload.container_ports:  # anything probed is captured, pod addresses too
         containers.append({
             "name": CAPTURE, "image": image_map["capture"], "command": ["sleep", "infinity"],
             "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
             "resources": _requests(),
         })
     annotations["kubectl.kubernetes.io/default-container"] = containers[0]["name"]
-    volumes = [{"name": "echo", "configMap": {"name": ECHO_CONFIG}}] if app else []
+    volumes = [{"name": "echo", "configMap": {"name": ECHO_CONFIG}}] if app or not workload.sidecar else []
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": workload.name, "namespace": naming.ns(workload.namespace),
@@ -267,6 +272,32 @@ def subset_route(workload: Workload, subset: str, naming: Naming) -> dict[str, A
             "metadata": {"name": f"{SUBSET_ROUTE}-{name}", "namespace": naming.ns(workload.namespace),
                          "labels": _labels(naming)},
             "spec": spec}
+
+
+def credential_pod(client: Workload, naming: Naming, image_map: Mapping[str, str],
+                   revision: str | None) -> dict[str, Any]:
+    """A pod of ``client``'s service account whose injected sidecar writes its workload certificate and key into a
+    memory volume (pilot-agent's OUTPUT_CERTS, the way Istio lets Prometheus scrape with mTLS): the certificate the
+    cluster's own CA issues that identity, as a stolen workload key would give it. Its ``reader`` container runs as
+    the proxy's uid (the key is 0600) and only sleeps; nothing in it is intercepted or served."""
+    labels = _labels(naming, {"istio.io/rev": revision} if revision else {"sidecar.istio.io/inject": "true"})
+    annotations = {"proxy.istio.io/config": json.dumps({"proxyMetadata": {"OUTPUT_CERTS": OUTPUT_CERTS}}),
+                   "sidecar.istio.io/userVolumeMount": json.dumps({"output-certs": {"mountPath": OUTPUT_CERTS}}),
+                   **SIDECAR_REQUESTS}
+    if not revision:
+        annotations["sidecar.istio.io/inject"] = "true"
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{CREDENTIALS}-{client.service_account}"[:63].rstrip("-"),
+                     "namespace": naming.ns(client.namespace), "labels": labels, "annotations": annotations},
+        "spec": {"serviceAccountName": client.service_account, "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "reader", "image": image_map["app"], "command": ["sleep", "infinity"],
+                                 "securityContext": {"runAsUser": 1337, "runAsGroup": 1337},
+                                 "volumeMounts": [{"name": "output-certs", "mountPath": OUTPUT_CERTS,
+                                                   "readOnly": True}],
+                                 "resources": _requests()}],
+                 "volumes": [{"name": "output-certs", "emptyDir": {"medium": "Memory"}}]},
+    }
 
 
 def mesh_settings(mesh: MeshSettings) -> dict[str, Any]:

@@ -148,6 +148,11 @@ class Naming:
         return text
 
 
+def run_labels(naming: Naming) -> dict[str, str]:
+    """The labels every object a run creates carries: managed-by, and the run's id on a shared cluster."""
+    return {**MANAGED_BY, **({RUN_LABEL: naming.run_id} if naming.run_id is not None else {})}
+
+
 def mesh_wide(policies: Iterable[Any], root_namespace: str) -> list[str]:
     """Refs of the policies that would apply mesh-wide (they live in the root namespace)."""
     return [f"{p.kind} {p.namespace}/{p.name}" for p in policies if p.namespace == root_namespace]

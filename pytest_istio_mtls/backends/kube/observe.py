@@ -23,11 +23,13 @@ from ...judge.capture import analyse
 from ...judge.identity import peer_from_echo
 from ...judge.observation import CaptureEvidence, Observation, Probe, ProxyEvidence
 from ...judge.stats import delta
+from ..base import BackendError
+from . import routing
 from .client import KubeApi
 from .evidence import Capture, access_log, format_address, parse_address, snapshot, wait_for_logs
-from .manifests import CURL
+from .manifests import CURL, ECHO_DIR, TLS_CLIENT
 from .naming import Naming
-from .probes import CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S, Reading, parse, read, script
+from .probes import CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S, Reading, parse, read, script, tls_batch
 from .workloads import PodInfo
 
 Stats = tuple[dict[str, int] | None, str]
@@ -71,22 +73,44 @@ def rounds(probes: Sequence[Probe]) -> list[list[int]]:
     return groups
 
 
+Credentials = Callable[[Probe], "tuple[bytes, bytes] | None"]  # a TLS-speaking client's certificate and key
+
+
+def pod_address(probe: Probe, pods: Mapping[str, PodInfo]) -> str:
+    """The pod address a probe dials itself ('' : it dials the Service): ``pod/`` rows, and one endpoint of a
+    shared Service for a client without a sidecar (``routing.direct``)."""
+    pod = pods.get(probe.target.ref)
+    return pod.ip if pod is not None and (probe.port.pod or routing.direct(probe)) else ""
+
+
 def run_sources(kube: KubeApi, naming: Naming, pods: Mapping[str, PodInfo], probes: Sequence[Probe],
-                indexes: Sequence[int]) -> dict[int, Reading | str]:
-    """One exec per source pod; each probe gets a Reading, or the fault that prevented one."""
-    by_source: dict[str, list[int]] = {}
+                indexes: Sequence[int], credentials: Credentials | None = None) -> dict[int, Reading | str]:
+    """One exec per source pod (curl), and one more for its probes that speak TLS themselves (``tlsprobe.py``,
+    their keys on its stdin); each probe gets a Reading, or the fault that prevented one."""
+    by_source: dict[tuple[str, bool], list[int]] = {}
     for index in indexes:
-        by_source.setdefault(probes[index].source.ref, []).append(index)
+        by_source.setdefault((probes[index].source.ref, bool(probes[index].request.tls)), []).append(index)
     results: dict[int, Reading | str] = {}
-    for source, members in by_source.items():
+    for (source, tls), members in by_source.items():
         pod = pods.get(source)
         if pod is None:
             results.update(dict.fromkeys(members, f"{source} has no running pod"))
             continue
         token = secrets.token_hex(6)
         batch = [probes[i] for i in members]
+        addresses = [pod_address(p, pods) for p in batch]
         timeout = 30.0 + len(batch) * (HTTP_TIMEOUT_S + CONNECT_TIMEOUT_S)
-        result = kube.exec(pod.namespace, pod.name, CURL, ["sh", "-c", script(batch, naming, token)], timeout)
+        if tls:
+            try:
+                pairs = [credentials(p) if credentials is not None else None for p in batch]
+            except BackendError as exc:
+                results.update(dict.fromkeys(members, f"no client certificate for {source}: {exc}"))
+                continue
+            result = kube.exec(pod.namespace, pod.name, TLS_CLIENT, ["python3", f"{ECHO_DIR}/tlsprobe.py", token],
+                               timeout, stdin=tls_batch(batch, naming, addresses, pairs))
+        else:
+            result = kube.exec(pod.namespace, pod.name, CURL, ["sh", "-c", script(batch, naming, token, addresses)],
+                               timeout)
         outputs = parse(result.stdout, token, len(batch))
         for index, output in zip(members, outputs, strict=True):
             if output.complete:
@@ -119,8 +143,10 @@ class Observer:
     """Runs batches against the deployed pods; keeps the last stats reading of each proxy."""
 
     def __init__(self, kube: KubeApi, naming: Naming, pods: Mapping[str, PodInfo],
-                 progress: Callable[[str], None], pcap_dir: Path | None = None, access_logs: bool = True) -> None:
+                 progress: Callable[[str], None], pcap_dir: Path | None = None, access_logs: bool = True,
+                 credentials: Credentials | None = None) -> None:
         self.kube = kube
+        self.credentials = credentials
         self.access_logs = access_logs  # False: the mesh writes no access logs; read them once, do not wait
         self.naming = naming
         self.pods = pods
@@ -143,7 +169,7 @@ class Observer:
                     capture.start()
             before = {ref: stats[ref] if stats.get(ref, (None, ""))[0] is not None else self._stats(ref)
                       for ref in proxies}
-            current.readings = run_sources(self.kube, self.naming, self.pods, probes, indexes)
+            current.readings = run_sources(self.kube, self.naming, self.pods, probes, indexes, self.credentials)
             after = {ref: self._stats(ref) for ref in proxies}
             stats.update(after)
             current.pcaps = {ref: capture.stop() for ref, capture in current.captures.items()}

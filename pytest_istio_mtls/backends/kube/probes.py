@@ -10,6 +10,7 @@ ends by its own deadline once the echo is in.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Sequence
@@ -43,37 +44,54 @@ class Output:
     complete: bool = False  # the record's end marker was seen
 
 
-def url(probe: Probe, naming: Naming) -> str:
-    host = naming.host(probe.target.name, probe.target.namespace)
+def service_host(probe: Probe, naming: Naming) -> str:
+    """The name the client dials: the Service's (the one a workload joins, for an endpoint of a shared one)."""
+    target = probe.target
+    return naming.host(target.service or target.name, target.namespace)
+
+
+def url(probe: Probe, naming: Naming, pod_ip: str = "") -> str:
+    """``pod_ip``: dial that pod at the target port (``pod/`` rows, and the endpoint of a shared Service for a
+    client without a sidecar, ``routing.direct``: over HTTP the URL keeps the Service and ``--connect-to`` dials
+    the pod), else the Service at its port."""
+    if pod_ip and (probe.port.pod or probe.port.protocol == "tcp"):
+        host, port = pod_ip, probe.port.target_port
+    else:
+        host, port = service_host(probe, naming), probe.port.port
     if probe.port.protocol == "tcp":
-        return f"telnet://{host}:{probe.port.port}"
-    return f"http://{host}:{probe.port.port}{probe.request.path}"
+        return f"telnet://{host}:{port}"
+    return f"http://{host}:{port}{probe.request.path}"
 
 
-def curl_command(probe: Probe, naming: Naming) -> str:
+def curl_command(probe: Probe, naming: Naming, pod_ip: str = "") -> str:
     """The curl invocation for one probe, shell-quoted; its stdin/stdout/stderr are set by the caller."""
     quote = shlex.quote
     args = ["curl", "-sS", "-o", '"$b"', "-w", quote(WRITE_OUT), "--connect-timeout", str(CONNECT_TIMEOUT_S)]
     if probe.port.protocol == "tcp":
-        args += ["--max-time", str(TCP_TIMEOUT_S), quote(url(probe, naming))]
+        args += ["--max-time", str(TCP_TIMEOUT_S), quote(url(probe, naming, pod_ip))]
         return f"printf '%s\\n' {quote(probe.marker)} | " + " ".join(args)
+    if pod_ip and not probe.port.pod:  # the Service's name and port in the request, the endpoint's address dialled
+        args += ["--connect-to", quote(f"{service_host(probe, naming)}:{probe.port.port}:{pod_ip}:"
+                                       f"{probe.port.target_port}")]
     request = probe.request
     args += ["--max-time", str(HTTP_TIMEOUT_S), "-X", quote(request.method),
              "-H", quote(f"{MARKER_HEADER}: {probe.marker}")]
     for name, value in request.headers.items():
         args += ["-H", quote(f"{name}: {value}")]
     body = request.body if request.body is not None else probe.marker
-    args += ["--data-raw", quote(body), quote(url(probe, naming))]
+    args += ["--data-raw", quote(body), quote(url(probe, naming, pod_ip))]
     return " ".join(args)
 
 
-def script(probes: Sequence[Probe], naming: Naming, token: str) -> str:
-    """The whole batch of one source, as one POSIX sh script. ``token`` delimits records."""
+def script(probes: Sequence[Probe], naming: Naming, token: str, pod_ips: Sequence[str] = ()) -> str:
+    """The whole batch of one source, as one POSIX sh script. ``token`` delimits records; ``pod_ips[i]``, when
+    given and not empty, is the pod address probe ``i`` dials (see ``url``)."""
     lines = ['b="/tmp/pim-$$.body"; e="/tmp/pim-$$.err"']
     for index, probe in enumerate(probes):
+        pod_ip = pod_ips[index] if index < len(pod_ips) else ""
         lines += [
             'rm -f "$b" "$e"',
-            f'w=$({curl_command(probe, naming)} 2>"$e"); rc=$?',
+            f'w=$({curl_command(probe, naming, pod_ip)} 2>"$e"); rc=$?',
             f"printf '\\n@@{token} {index} meta %s %s@@\\n' \"$rc\" \"$w\"",
             f"printf '@@{token} {index} body@@\\n'; cat \"$b\" 2>/dev/null",
             f"printf '\\n@@{token} {index} stderr@@\\n'; cat \"$e\" 2>/dev/null",
@@ -81,6 +99,27 @@ def script(probes: Sequence[Probe], naming: Naming, token: str) -> str:
         ]
     lines.append('rm -f "$b" "$e"')
     return "\n".join(lines) + "\n"
+
+
+def tls_batch(probes: Sequence[Probe], naming: Naming, pod_ips: Sequence[str],
+              credentials: Sequence[tuple[bytes, bytes] | None]) -> bytes:
+    """The TLS prober's input (``backends/tlsprobe.py``): one JSON line, read from the exec's stdin, so the
+    client's private key is never in a command line, a file of ours or a log."""
+    items = []
+    for probe, pod_ip, pair in zip(probes, pod_ips, credentials, strict=True):
+        direct = bool(pod_ip)
+        http = probe.port.protocol == "http"
+        request = probe.request
+        items.append({
+            "host": pod_ip if direct else service_host(probe, naming),
+            "port": probe.port.target_port if direct else probe.port.port,
+            "protocol": probe.port.protocol, "method": request.method, "path": request.path,
+            "headers": dict(request.headers), "body": request.body, "marker": probe.marker,
+            "alpn": ["http/1.1"] if http else [],  # what curl offers over HTTP/1.1; raw TLS offers none
+            "cert": pair[0].decode() if pair else None, "key": pair[1].decode() if pair else None,
+            "connect_timeout": CONNECT_TIMEOUT_S, "timeout": HTTP_TIMEOUT_S if http else TCP_TIMEOUT_S,
+        })
+    return (json.dumps({"probes": items}) + "\n").encode()
 
 
 def parse(stdout: bytes, token: str, count: int) -> list[Output]:

@@ -1,36 +1,31 @@
-"""Has every affected proxy received the policies? Read each proxy's config and compare it with
-what the oracle (``semantics``) says Istio should have configured.
+"""Has every sidecar received the policies? The generation-marker method, the same as the local backend's, and
+the readers of the proxies' config dumps that the diagnostics share.
 
-There is no "policy acknowledged" signal in Istio since 1.23, and sleeping a fixed time is a guess.
-So each sidecar's ``config_dump`` is polled until:
+Istio has no "policy acknowledged" signal since 1.23, and sleeping is a guess. So a change is in force when:
 
-- server side, the inbound listener ``0.0.0.0:15006`` has, for each container port, exactly the
-  filter chains the effective PeerAuthentication mode implies (STRICT: tls only, PERMISSIVE: tls and
-  raw_buffer, DISABLE: raw_buffer only), and the RBAC policies of the AuthorizationPolicies that bind
-  it (``ns[NS]-policy[NAME]-rule[N]``), and none of those just removed;
-- client side, each outbound cluster ``outbound|PORT||HOST`` has the transport socket the client
-  decision implies (a fixed TLS socket for a DestinationRule TLS mode, tlsMode-istio socket matches
-  for auto mTLS, no TLS when plaintext is decided for every endpoint), and our fresh-connection
-  setting on http ports.
+1. every istiod replica's config store (``/debug/configz``, read by ``pilot-discovery request`` in its pod) holds each
+   applied object at the resourceVersion the API server gave it, and none that was removed;
+2. then a marker EnvoyFilter in each of the run's sidecar namespaces is bumped to generation N (it stamps the
+   sidecars' ``virtualOutbound`` listener), and every sidecar of the topology serves a listener with that stamp,
+   nothing warming. A push is built from the whole store, so a sidecar serving N was configured from a store that
+   already held the scenario.
 
-Pairs the oracle cannot predict are not checked here; the consecutive probes that follow cover them.
+Nothing here consults the oracle: the proxies are judged by what istiod sent them, not by what we predict.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
-
-from ...model import Policy, Scenario, Workload
-from ...oracle import authz, mtls
 from ..base import BackendError
-from .client import KubeApi
+from .apply import Applied
+from .client import KubeApi, KubeError
 from .manifests import HTTP_OPTIONS, PROXY
-from .naming import Naming
+from .naming import MANAGED_BY
 from .workloads import PodInfo
 
 MODE_CHAINS: dict[str, frozenset[str]] = {
@@ -40,20 +35,13 @@ MODE_CHAINS: dict[str, frozenset[str]] = {
 }
 LISTENERS = "config_dump?resource=dynamic_listeners"
 CLUSTERS = "config_dump?resource=dynamic_active_clusters"
-
-
-@dataclass(frozen=True)
-class Expectation:
-    """One fact a proxy's config must show."""
-
-    workload: Workload
-    dump: str  # LISTENERS or CLUSTERS
-    what: str  # "inbound port 8080", "cluster outbound|8000||httpbin.foo.svc.cluster.local"
-    check: Callable[[Any], tuple[bool, str]]  # parsed dump → (as expected, what it shows)
-    because: str
-
-    def describe(self, shown: str) -> str:
-        return f"{self.workload.ref} {self.what}: shows {shown}, expected {self.because}"
+MARKER = "pytest-istio-mtls-generation"
+MARKER_KEY = "istio-mtls.pytest.io"
+MARKER_LISTENER = "config_dump?resource=dynamic_listeners&name_regex=virtualOutbound"
+XDS_STATS = "stats?filter=" + quote(r"^(listener_manager\.lds\.update_rejected|cluster_manager\.cds\.update_rejected|"
+                                    r"listener_manager\.total_listeners_warming|cluster_manager\.warming_clusters)$",
+                                    safe="")
+ISTIOD_CONTAINER = "discovery"
 
 
 # -- reading config dumps -----------------------------------------------------------------------------------
@@ -135,116 +123,7 @@ def cluster_fresh(cluster: Mapping[str, Any]) -> bool:
     return str(limit) == "1"
 
 
-# -- what the oracle implies --------------------------------------------------------------------------------
-
-
-def _inbound(workload: Workload, port: int, mode: str, decided_by: str) -> Expectation:
-    want = MODE_CHAINS[mode]
-
-    def check(dump: Any) -> tuple[bool, str]:
-        chains = inbound_chains(dump, port)
-        if not chains:
-            return False, f"no filter chain for port {port}"
-        seen = inbound_transports(chains)
-        return seen == want, f"{'+'.join(sorted(seen))} ({mode_of(seen)})"
-
-    return Expectation(workload, LISTENERS, f"inbound port {port}", check,
-                       f"{'+'.join(sorted(want))} ({mode}: {decided_by})")
-
-
-def _binds(policy: Policy, workload: Workload, root: str) -> bool:
-    if policy.spec.get("targetRef") or policy.spec.get("targetRefs"):
-        return False
-    if policy.namespace not in (workload.namespace, root):
-        return False
-    return all(workload.labels.get(k) == str(v) for k, v in policy.selector.items())
-
-
-def _rbac(workload: Workload, port: int, present: Sequence[str], absent: Sequence[str], any_rbac: bool) -> Expectation:
-    def check(dump: Any) -> tuple[bool, str]:
-        text = json.dumps(inbound_chains(dump, port))
-        missing = [name for name in present if name not in text]
-        stale = [name for name in absent if name in text]
-        rbac = ".rbac" in text
-        ok = not missing and not stale and (rbac or not any_rbac)
-        shown = "; ".join([*(f"{n} missing" for n in missing), *(f"{n} still present" for n in stale)]
-                          + ([] if rbac or not any_rbac else ["no RBAC filter"])) or "the expected RBAC policies"
-        return ok, shown
-
-    wanted = ", ".join(present) if present else ("an RBAC filter" if any_rbac else "no removed policy")
-    return Expectation(workload, LISTENERS, f"RBAC on port {port}", check, wanted)
-
-
-def _cluster(client: Workload, name: str, want: str, fresh: bool, because: str) -> Expectation:
-    def check(dump: Any) -> tuple[bool, str]:
-        cluster = clusters(dump).get(name)
-        if cluster is None:
-            return False, "no such cluster"
-        tls = cluster_tls(cluster)
-        ok = tls == want and (cluster_fresh(cluster) or not fresh)
-        note = "" if cluster_fresh(cluster) or not fresh else ", without the fresh-connection setting"
-        return ok, f"{tls}{note}"
-
-    note = " with max_requests_per_connection 1" if fresh else ""
-    return Expectation(client, CLUSTERS, f"cluster {name}", check, f"{want}{note} ({because})")
-
-
-def client_want(scenario: Scenario, client: Workload, server: Workload, port: Any) -> tuple[str, str] | None:
-    """The cluster transport the client decision implies, or None when the oracle cannot say."""
-    decision = mtls.client_decision(scenario, client, server, port)
-    if decision.unknown:
-        return None
-    if decision.tls_mode is not None:
-        return ("none" if decision.tls_mode == "DISABLE" else "tls"), f"DestinationRule tls.mode {decision.tls_mode}"
-    if not scenario.mesh.auto_mtls:
-        return "none", "autoMtls off and no DestinationRule TLS"
-    mode, decided_by = mtls.namespace_mode(scenario, server.namespace)
-    if mode == "DISABLE":
-        return "none", f"auto mTLS, namespace DISABLE by {decided_by}"
-    return "auto", "auto mTLS"
-
-
-def expectations(scenario: Scenario, naming: Naming, removed: Sequence[Policy] = ()) -> list[Expectation]:
-    """Everything the sidecars of ``scenario``'s topology must show with its policies in force."""
-    topology, root = scenario.topology, scenario.mesh.root_namespace
-    found: list[Expectation] = []
-    aps = scenario.policies_of("AuthorizationPolicy")
-    kept = {(p.namespace, p.name) for p in aps}
-    gone = [p for p in removed if p.kind == "AuthorizationPolicy" and (p.namespace, p.name) not in kept]
-
-    def rbac_name(policy: Policy) -> str:
-        return f"ns[{naming.ns(policy.namespace)}]-policy[{naming.policy_name(policy.name, policy.namespace)}]-rule["
-
-    for server in topology.servers:
-        if not server.sidecar:
-            continue
-        binding = [p for p in aps if _binds(p, server, root)]
-        for target_port in sorted({p.target_port for p in server.ports}):
-            decision = mtls.server_decision(scenario, server, target_port)
-            if decision.mode is not None:
-                found.append(_inbound(server, target_port, decision.mode, decision.decided_by))
-            # The rules istiod generates depend on the chain: on TCP an ALLOW rule with an HTTP-only field is dropped.
-            tcp = all(p.protocol == "tcp" for p in server.ports if p.target_port == target_port)
-            generated = {p: bool(authz.compile_rules(p, str(p.spec.get("action") or "ALLOW"), tcp).rules)
-                         for p in binding}
-            present = [rbac_name(p) for p in binding if generated[p]]
-            rule_less = not all(generated.values())
-            absent = [rbac_name(p) for p in gone]
-            if present or absent or rule_less:
-                found.append(_rbac(server, target_port, present, absent, rule_less))
-    for client in topology.workloads:
-        if not client.sidecar:
-            continue
-        for server in topology.servers:
-            for port in server.ports:
-                want = client_want(scenario, client, server, port)
-                if want is not None:
-                    name = f"outbound|{port.port}||{naming.host(server.name, server.namespace)}"
-                    found.append(_cluster(client, name, want[0], port.protocol == "http", want[1]))
-    return found
-
-
-# -- waiting ----------------------------------------------------------------------------------------------
+# -- the generation marker ------------------------------------------------------------------------------------------
 
 
 def fetch_dump(kube: KubeApi, pod: PodInfo, resource: str) -> tuple[Any, str]:
@@ -257,44 +136,157 @@ def fetch_dump(kube: KubeApi, pod: PodInfo, resource: str) -> tuple[Any, str]:
         return None, "config unavailable (not JSON)"
 
 
-def stale(kube: KubeApi, pods: Mapping[str, PodInfo], pending: Sequence[Expectation]) -> list[tuple[Expectation, str]]:
-    """The expectations a fresh read of the proxies still contradicts, with what each proxy shows."""
-    dumps: dict[tuple[str, str], tuple[Any, str]] = {}
-    result = []
-    for expectation in pending:
-        pod = pods.get(expectation.workload.ref)
-        if pod is None:
-            result.append((expectation, "no pod"))
-            continue
-        key = (pod.name, expectation.dump)
-        if key not in dumps:
-            dumps[key] = fetch_dump(kube, pod, expectation.dump)
-        dump, error = dumps[key]
-        ok, shown = expectation.check(dump) if dump is not None else (False, error)
-        if not ok:
-            result.append((expectation, shown))
-    return result
 
 
-def wait_in_force(kube: KubeApi, pods: Mapping[str, PodInfo], wanted: Sequence[Expectation], timeout: float,
-                  progress: Callable[[str], None], interval: float = 1.0,
-                  sleep: Callable[[float], None] | None = None) -> None:
-    """Poll until every expectation holds; at the deadline, report each stale proxy and what it shows."""
-    pending = list(wanted)
-    last: list[tuple[Expectation, str]] = []
+def marker(namespace: str, generation: int, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """An EnvoyFilter stamping the ``virtualOutbound`` listener of every sidecar in ``namespace`` with a generation."""
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+        "metadata": {"name": MARKER, "namespace": namespace, "labels": dict(labels or MANAGED_BY)},
+        "spec": {"configPatches": [{
+            "applyTo": "LISTENER",
+            "match": {"context": "SIDECAR_OUTBOUND", "listener": {"name": "virtualOutbound"}},
+            "patch": {"operation": "MERGE", "value": {"metadata": {"filter_metadata": {
+                MARKER_KEY: {"generation": str(generation)}}}}},
+        }]},
+    }
 
-    def check() -> list[tuple[Expectation, str]]:
-        nonlocal pending, last
-        last = stale(kube, pods, pending)
-        pending = [expectation for expectation, _ in last]
-        return last
 
-    options: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
-    try:
-        Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval), retry=retry_if_result(bool),
-                 **options)(check)
-    except RetryError:
-        details = "\n".join(f"  {e.describe(shown)}" for e, shown in last)
-        raise BackendError(f"policies not in force after {timeout:.0f}s (--istio-timeout); stale proxies:\n"
-                           f"{details}") from None
-    progress(f"{len(wanted)} proxy config checks passed")
+def served_generation(dump: Mapping[str, Any]) -> str:
+    """The marker generation of the virtualOutbound listener a sidecar serves ('' if none)."""
+    for listener in listeners(dump):
+        if listener.get("name") == "virtualOutbound":
+            meta = ((listener.get("metadata") or {}).get("filter_metadata") or {}).get(MARKER_KEY) or {}
+            return str(meta.get("generation") or "")
+    return ""
+
+
+def parse_configz(text: str) -> dict[tuple[str, str, str], str]:
+    """istiod's ``/debug/configz``: (kind, namespace, name) → the resourceVersion it holds."""
+    found: dict[tuple[str, str, str], str] = {}
+    for item in json.loads(text or "[]") or []:
+        meta = item.get("metadata") or item
+        kind = str(item.get("kind") or meta.get("type") or "")
+        found[(kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = str(
+            meta.get("resourceVersion") or "")
+    return found
+
+
+def pending_in_store(held: Mapping[tuple[str, str, str], str], applied: Iterable[Applied],
+                     removed: Iterable[Applied]) -> list[str]:
+    """What a store still lacks: applied objects not at their resourceVersion, removed ones still there."""
+    applied = list(applied)
+    again = {a.ref for a in applied}
+    pending = [f"{a.ref} at resourceVersion {a.resource_version} (istiod has "
+               f"{held.get((a.kind, a.namespace, a.name)) or 'none'})" for a in applied
+               if held.get((a.kind, a.namespace, a.name)) != a.resource_version]
+    pending += [f"{r.ref} still held after its deletion" for r in removed
+                if (r.kind, r.namespace, r.name) in held and r.ref not in again]
+    return pending
+
+
+def poll(check: Callable[[], str], timeout: float, interval: float, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic) -> str:
+    """Call ``check`` until it returns '' or ``timeout`` passes; returns its last answer ('' when done)."""
+    deadline = clock() + timeout
+    while True:
+        answer = check()
+        if not answer or clock() >= deadline:
+            return answer
+        sleep(interval)
+
+
+class Generations:
+    """The generation marker of one run: where it lives, what it is at, and the waits that use it."""
+
+    def __init__(self, kube: KubeApi, istiod_namespace: str, istiod_selector: str, timeout: float,
+                 labels: Mapping[str, str] | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.kube = kube
+        self.istiod_namespace = istiod_namespace
+        self.istiod_selector = istiod_selector
+        self.timeout = timeout
+        self.labels = dict(labels or MANAGED_BY)
+        self.sleep = sleep
+        self.generation = 0
+        self.placed: set[str] = set()  # namespaces holding a marker: removed by ``remove``
+
+    def wait_held(self, applied: Sequence[Applied], removed: Sequence[Applied]) -> None:
+        """Every istiod replica's store holds ``applied`` at their resourceVersions and none of ``removed``."""
+        def check() -> str:
+            try:
+                replicas = [p for p in self.kube.list("v1", "Pod", self.istiod_namespace, self.istiod_selector)
+                            if (p.get("status") or {}).get("phase") == "Running"]
+            except KubeError as exc:
+                return f"istiod's pods cannot be listed ({exc})"
+            if not replicas:
+                return f"no running istiod pod ({self.istiod_selector}) in {self.istiod_namespace}"
+            gaps = []
+            for pod in replicas:
+                name = str((pod.get("metadata") or {}).get("name"))
+                # From inside istiod's own container: its debug endpoints answer localhost without a token.
+                result = self.kube.exec(self.istiod_namespace, name, ISTIOD_CONTAINER,
+                                        ["pilot-discovery", "request", "GET", "/debug/configz"], timeout=30)
+                try:
+                    if not result.ok:
+                        raise ValueError(result.describe())
+                    held = parse_configz(result.stdout.decode("utf-8", "replace"))
+                except (ValueError, AttributeError) as exc:
+                    gaps.append(f"{name}: its config store cannot be read ({exc})")
+                    continue
+                gaps += [f"{name}: {gap}" for gap in pending_in_store(held, applied, removed)]
+            return "; ".join(gaps)
+
+        pending = poll(check, self.timeout, 0.1, self.sleep)
+        if pending:
+            raise BackendError(f"istiod did not pick up the change within {self.timeout:.0f}s (--istio-timeout): "
+                               f"{pending}")
+
+    def confirm(self, namespaces: Iterable[str], pods: Iterable[PodInfo]) -> None:
+        """Bump the marker in ``namespaces`` and wait until every sidecar of ``pods`` serves it."""
+        self.generation += 1
+        for namespace in sorted(set(namespaces)):
+            self.kube.apply(marker(namespace, self.generation, self.labels))
+            self.placed.add(namespace)
+        wanted = str(self.generation)
+        waiting = {pod.ref: pod for pod in pods if pod.sidecar}
+
+        def check() -> str:
+            shown: dict[str, str] = {}
+            for ref, pod in list(waiting.items()):
+                dump, error = fetch_dump(self.kube, pod, MARKER_LISTENER)
+                served = served_generation(dump) if dump is not None else ""
+                if served != wanted:
+                    shown[ref] = error or f"serves generation {served or 'none'}, want {wanted}"
+                    continue
+                values = xds_stats(self.kube, pod)
+                if values.get("listener_manager.total_listeners_warming", 0) or values.get(
+                        "cluster_manager.warming_clusters", 0):
+                    shown[ref] = "listeners or clusters still warming"
+                    continue
+                del waiting[ref]  # a sidecar never goes back to an older generation
+            return "; ".join(f"{ref}: {what}" for ref, what in shown.items())
+
+        pending = poll(check, self.timeout, 0.1, self.sleep)
+        if pending:
+            rejected = [f"{ref} rejected {n} configuration updates from istiod (a NACK: see its istio-proxy log)"
+                        for ref, pod in waiting.items()
+                        if (n := sum(v for k, v in xds_stats(self.kube, pod).items() if k.endswith("update_rejected")))]
+            raise BackendError(f"timed out after {self.timeout:.0f}s (--istio-timeout) waiting for istiod's "
+                               f"configuration on every sidecar: {'; '.join([pending, *rejected])}")
+
+    def remove(self) -> None:
+        """Delete the markers this run placed (a namespace the run deletes takes its marker along)."""
+        for namespace in sorted(self.placed):
+            self.kube.delete("networking.istio.io/v1alpha3", "EnvoyFilter", namespace, MARKER)
+        self.placed.clear()
+
+
+def xds_stats(kube: KubeApi, pod: PodInfo) -> dict[str, int]:
+    """The sidecar's xDS health counters (rejected updates, warming listeners and clusters); {} if unreadable."""
+    result = kube.exec(pod.namespace, pod.name, PROXY, ["pilot-agent", "request", "GET", XDS_STATS], timeout=30)
+    values: dict[str, int] = {}
+    for line in result.stdout.decode("utf-8", "replace").splitlines() if result.ok else []:
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            values[name.strip()] = int(value)
+    return values

@@ -25,9 +25,9 @@ from ...model import MeshSettings, Scenario
 from ...model.diagnostics import plural
 from ...options import Settings
 from ..base import BackendError, BackendUnavailable, Progress
+from ..certs import CertificateAuthority
 from . import envoy
 from .capture import PacketCapture
-from .certs import CertificateAuthority
 from .istiod import IstiodMesh
 from .pods import BRIDGE_IP, Pod
 from .probing import Probing, Rewrites

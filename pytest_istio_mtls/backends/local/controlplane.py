@@ -31,6 +31,7 @@ from ...judge.accesslog import FORMAT
 from ...model import MeshSettings
 from ..base import BackendError
 from ..kube.client import Kube
+from ..kube.propagation import parse_configz
 from . import prober
 from .relay import Relay
 from .system import poll
@@ -328,14 +329,7 @@ class ControlPlane:
 
     def configz(self) -> dict[tuple[str, str, str], str]:
         """The Istio configs istiod holds: (kind, namespace, name) → resourceVersion."""
-        text = prober.admin(self.hub, "/debug/configz", 5.0, ISTIOD_DEBUG)
-        found: dict[tuple[str, str, str], str] = {}
-        for item in json.loads(text or "[]") or []:
-            meta = item.get("metadata") or item
-            kind = str(item.get("kind") or meta.get("type") or "")
-            found[(kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = str(
-                meta.get("resourceVersion") or "")
-        return found
+        return parse_configz(prober.admin(self.hub, "/debug/configz", 5.0, ISTIOD_DEBUG))
 
     def syncz(self) -> list[dict[str, Any]]:
         """Per connected proxy: what istiod sent and what the proxy acknowledged (or rejected)."""

@@ -26,45 +26,19 @@ from typing import Any
 from ...build.istio import IstioBuild
 from ...model import MeshSettings, Scenario, Topology, Workload
 from ..base import BackendError
+from ..kube import propagation
 from ..kube.apply import Applied, Applier
 from ..kube.client import Kube
 from ..kube.manifests import fresh_connection_filters, service
 from ..kube.naming import Naming
+from ..kube.propagation import marker, served_generation
 from . import agent, kubelet, prober
 from .controlplane import NODE, ControlPlane, Spawn
 from .system import poll
 
-MARKER = "pytest-istio-mtls-generation"
 NACK_SETTLE_S = 2.0  # istiod pushes within its 100 ms debounce: a rejection still the latest after this is final
-MARKER_KEY = "istio-mtls.pytest.io"
 LISTENERS = "/config_dump?resource=dynamic_listeners"
-XDS_STATS = ("/stats?filter=" + "%5E%28listener_manager%5C.lds%5C.update_rejected%7Ccluster_manager%5C.cds%5C."
-             "update_rejected%7Clistener_manager%5C.total_listeners_warming%7Ccluster_manager%5C.warming_clusters%29%24")
-
-
-def marker(root_namespace: str, generation: int) -> dict[str, Any]:
-    """An EnvoyFilter in the root namespace (so it selects every sidecar) stamping virtualOutbound."""
-    return {
-        "apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
-        "metadata": {"name": MARKER, "namespace": root_namespace},
-        "spec": {"configPatches": [{
-            "applyTo": "LISTENER",
-            "match": {"context": "SIDECAR_OUTBOUND", "listener": {"name": "virtualOutbound"}},
-            "patch": {"operation": "MERGE", "value": {"metadata": {"filter_metadata": {
-                MARKER_KEY: {"generation": str(generation)}}}}},
-        }]},
-    }
-
-
-def served_generation(dump: dict[str, Any]) -> str:
-    """The marker generation of the virtualOutbound listener a sidecar serves ('' if none)."""
-    for entry in dump.get("configs") or []:
-        for item in entry.get("dynamic_listeners") or [entry]:  # a full dump, or ?resource=dynamic_listeners
-            listener = (item.get("active_state") or {}).get("listener") or {}
-            if listener.get("name") == "virtualOutbound":
-                meta = ((listener.get("metadata") or {}).get("filter_metadata") or {}).get(MARKER_KEY) or {}
-                return str(meta.get("generation") or "")
-    return ""
+XDS_STATS = "/" + propagation.XDS_STATS
 
 
 class IstiodMesh:
@@ -176,19 +150,12 @@ class IstiodMesh:
         self._wait_istiod_holds(self.applier.applied, removed)
 
     def _wait_istiod_holds(self, applied: Sequence[Applied], removed: Sequence[Applied]) -> None:
-        again = {a.ref for a in applied}
-
         def check() -> str:
             try:
                 held = self.control.configz()
             except (OSError, ValueError) as exc:
                 return f"istiod's config store cannot be read ({exc})"
-            pending = [f"{a.ref} at resourceVersion {a.resource_version} (istiod has "
-                       f"{held.get((a.kind, a.namespace, a.name)) or 'none'})" for a in applied
-                       if held.get((a.kind, a.namespace, a.name)) != a.resource_version]
-            pending += [f"{r.ref} still held after its deletion" for r in removed
-                        if (r.kind, r.namespace, r.name) in held and r.ref not in again]
-            return "; ".join(pending)
+            return "; ".join(propagation.pending_in_store(held, applied, removed))
 
         pending = poll(check, self.timeout, 0.05)
         if pending:

@@ -21,9 +21,9 @@ from ...model.diagnostics import plural
 from ...options import Settings
 from .. import echo, support
 from ..base import BackendError, Progress
+from ..certs import CertificateAuthority
 from . import agent, envoy, prober, routing
 from .capture import PacketCapture
-from .certs import CertificateAuthority
 from .controlplane import SERVICE_CIDR
 from .istiod import IstiodMesh
 from .state import PREFIX, RunState, processes_mentioning, stop_processes

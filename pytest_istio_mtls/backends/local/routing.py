@@ -24,6 +24,7 @@ from ..base import BackendError
 from ..kube.client import Kube
 from ..kube.manifests import subset_route
 from ..kube.naming import Naming
+from ..kube.routing import cluster_hosts
 from . import kubelet, prober
 from .controlplane import NODE
 from .system import poll, run
@@ -61,17 +62,6 @@ def kube_services(entries: Sequence[ServiceEntry]) -> str:
     lines += [f"-A KUBE-SERVICES -d {sip}/32 -p tcp --dport {sport} -j DNAT --to-destination {pip}:{pport}"
               for sip, sport, pip, pport in entries]
     return "\n".join([*lines, "COMMIT"]) + "\n"
-
-
-def cluster_hosts(text: str, cluster: str) -> set[str]:
-    """The endpoints (``ip:port``) Envoy's admin ``/clusters`` lists for one cluster."""
-    hosts = set()
-    for line in text.splitlines():
-        name, _, rest = line.partition("::")
-        host, _, field = rest.partition("::")
-        if name == cluster and field.startswith("health_flags::"):
-            hosts.add(host)
-    return hosts
 
 
 def order(probes: Sequence[Probe]) -> list[int]:

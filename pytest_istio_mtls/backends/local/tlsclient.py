@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 
 from ...model import ClientTls, Port, Workload
-from .certs import CertificateAuthority
+from ..certs import CertificateAuthority
 from .prober import tls_context
 
 

@@ -86,18 +86,16 @@ def test_port_level_mutual_tls_is_refused_by_the_emulation_only(tmp_path: Path) 
 def test_the_builtin_library_runs_everywhere() -> None:
     """Every built-in scenario runs on real istiod; the emulated control plane refuses exactly the authorization
     ones (it does not translate AuthorizationPolicy) and the directed ones (a Service with several workloads, a
-    subset route, a pod address, a client speaking TLS), pointing to real istiod; kind refuses the directed ones,
-    pointing to the local backend."""
+    subset route, a pod address, a client speaking TLS), pointing to real istiod; kind and existing refuse none."""
     library = REPO / "pytest_istio_mtls" / "scenarios"
     for path in sorted(library.glob("*.yaml")):
         loaded = load_scenario(path)
         directed = any(w.joins for w in loaded.topology.workloads) or any(
             e.port.subset or e.port.pod or e.request.tls for e in loaded.expectations)
-        for backend, control_plane in (("local", "istiod"), ("local", "emulated"), ("kind", "istiod")):
+        for backend, control_plane in (("local", "istiod"), ("local", "emulated"), ("kind", "istiod"),
+                                       ("existing", "istiod")):
             refusal = unsupported(loaded, backend, control_plane)
             if control_plane == "emulated" and (loaded.policies_of("AuthorizationPolicy") or directed):
                 assert refusal is not None and refusal.endswith("(--istio-control-plane=istiod)"), path.name
-            elif backend == "kind" and directed:
-                assert refusal is not None and refusal.endswith("(--istio-backend=local)"), path.name
             else:
                 assert refusal is None, (path.name, backend, control_plane)

@@ -153,20 +153,21 @@ def test_backends_start_the_app_on_every_container_port(tmp_path: Path) -> None:
                    if o["kind"] == "Deployment"}
     served = {c["name"]: [p["containerPort"] for p in c.get("ports", [])] for c in deployments["httpbin"]}
     assert served == {"app": [8080, 9090, 9000], "curl": [], "capture": []}  # one echo app serves every port
-    assert [c["name"] for c in deployments["dashboard"]] == ["app", "curl"]  # no Service, but an app
-    assert {o["metadata"]["namespace"] for o in objects if o["kind"] == "ConfigMap"} == {"foo"}  # the app's code
+    assert [c["name"] for c in deployments["dashboard"]] == ["app", "curl", "capture"]  # no Service, but an app
+    # The app's code where apps run, the TLS prober's where a pod without a sidecar may speak TLS itself.
+    assert {o["metadata"]["namespace"] for o in objects if o["kind"] == "ConfigMap"} == {"foo", "legacy"}
+    legacy = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["namespace"] == "legacy")
+    assert [c["name"] for c in legacy["spec"]["template"]["spec"]["containers"]] == ["curl", "tls-client"]
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "Service"] == ["httpbin"]
 
 
-def test_only_the_local_backend_with_istiod_runs_pod_probes(tmp_path: Path) -> None:
+def test_every_backend_on_real_istiod_runs_pod_probes(tmp_path: Path) -> None:
     scenario = load(tmp_path, TOPOLOGY + "expect:\n  - {from: curl.legacy, to: pod/dashboard.foo, result: plaintext}\n")
     assert unsupported(scenario, "local", "istiod") is None
     refusal = unsupported(scenario, "local", "emulated")
     assert refusal is not None and refusal.startswith("row curl.legacy->pod/dashboard.foo:3000 probes a pod address, "
                                                       "which needs istiod's own logic")
-    refusal = unsupported(scenario, "kind")
-    assert refusal is not None and refusal.startswith("row curl.legacy->pod/dashboard.foo:3000 probes a pod address: "
-                                                      "the kind backend does not direct probes like this yet")
+    assert unsupported(scenario, "kind") is None and unsupported(scenario, "existing") is None
 
 
 def test_explain_takes_a_pod_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -344,17 +344,14 @@ def test_envoy_cluster_listing_is_read_per_cluster() -> None:
 # --------------------------------------------------------------------------- where it runs, and the verdict
 
 
-def test_the_emulated_control_plane_and_kind_refuse_it(tmp_path: Path) -> None:
+def test_only_the_emulated_control_plane_refuses_it(tmp_path: Path) -> None:
     scenario = load(tmp_path, TOPOLOGY + "expect: derived\n")
     assert unsupported(scenario, "local", "istiod") is None
     assert unsupported(scenario, "local", "emulated") == (
         "Service httpbin.foo has several workloads behind it (httpbin-v2.foo joins it), which needs istiod's own "
         "logic (endpoints, routes, passthrough and TLS filter chains) that the emulated control plane does not "
         "reproduce; fix: run it with real istiod (--istio-control-plane=istiod)")
-    assert unsupported(scenario, "existing") == (
-        "Service httpbin.foo has several workloads behind it (httpbin-v2.foo joins it): the existing backend does "
-        "not direct probes like this yet (one workload of a Service, a subset route, a pod address, a client "
-        "certificate); fix: run it on the local backend (--istio-backend=local)")
+    assert unsupported(scenario, "kind") is None and unsupported(scenario, "existing") is None
 
 
 def test_an_answer_from_another_workload_is_an_error(tmp_path: Path) -> None:

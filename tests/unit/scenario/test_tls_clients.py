@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pytest_istio_mtls.backends.local.certs import CertificateAuthority
+from pytest_istio_mtls.backends.certs import CertificateAuthority
 from pytest_istio_mtls.backends.local.prober import tls_context
 from pytest_istio_mtls.backends.local.tlsclient import ClientCredentials
 from pytest_istio_mtls.judge.observation import Evidence, Observation, Probe, ProxyEvidence

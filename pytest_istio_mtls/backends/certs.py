@@ -2,7 +2,8 @@
 
 Like istiod's CA: an EC P-256 root for trust domain cluster.local, and per service account a
 short-lived leaf with an empty subject and a critical URI SAN ``spiffe://cluster.local/ns/NS/sa/SA``.
-The keys live only in the run directory, which teardown removes.
+The local backend plugs it into istiod and writes keys only into the run directory, which teardown
+removes; the kind and existing backends issue ``foreign-cert`` clients' certificates from one in memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ ROOT_VALIDITY = dt.timedelta(days=7)
 
 
 class CertificateAuthority:
-    def __init__(self, directory: Path, trust_domain: str = "cluster.local") -> None:
+    def __init__(self, directory: Path | None, trust_domain: str = "cluster.local") -> None:
         self.directory = directory
         self.trust_domain = trust_domain
         self._key = ec.generate_private_key(ec.SECP256R1())
@@ -39,12 +40,14 @@ class CertificateAuthority:
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .sign(self._key, hashes.SHA256())
         )
-        directory.mkdir(parents=True, exist_ok=True)
-        self.root_path = directory / "root-cert.pem"
-        self.root_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+        self.root_path = Path()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.root_path = directory / "root-cert.pem"
+            self.root_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, namespace: str, service_account: str, owner_uid: int) -> tuple[Path, Path]:
-        """Write cert-chain and key for one identity, readable only by the proxy's uid."""
+    def leaf(self, namespace: str, service_account: str) -> tuple[bytes, bytes]:
+        """Certificate and private key (PEM) for one identity, in memory only."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         spiffe = f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{service_account}"
@@ -61,13 +64,20 @@ class CertificateAuthority:
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .sign(self._key, hashes.SHA256())
         )
+        return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    def issue(self, namespace: str, service_account: str, owner_uid: int) -> tuple[Path, Path]:
+        """Write cert-chain and key for one identity into the CA's directory, readable only by the proxy's uid."""
+        if self.directory is None:
+            raise ValueError("this certificate authority keeps nothing on disk")
+        cert, key = self.leaf(namespace, service_account)
         stem = f"{namespace}.{service_account}"
         cert_path = self.directory / f"{stem}.cert.pem"
         key_path = self.directory / f"{stem}.key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cert_path.write_bytes(cert)
         key_path.touch(mode=0o600)
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(key)
         os.chown(key_path, owner_uid, owner_uid)
         return cert_path, key_path
 
