@@ -179,12 +179,13 @@ def cluster_listing(kube: Kube) -> set[str]:
 def test_the_existing_backend_runs_the_library_installs_nothing_and_leaves_the_cluster_as_it_was(
         pytester: pytest.Pytester, kind_cluster: SessionCluster) -> None:
     """On a cluster that already runs Istio, the whole library, every form: per-run namespaces, nothing installed,
-    everything removed after. 10-automtls-off is the one left out: it needs meshConfig.enableAutoMtls false, and the
+    everything removed after (the mesh-wide policies too: --istio-allow-mesh-wide, with the run's suffix).
+    10-automtls-off is the one left out: it needs meshConfig.enableAutoMtls false, and the
     existing backend never changes a user's mesh config (it says so and stops that scenario: checked below)."""
     before = cluster_listing(kind_cluster.kube)
     result = pytester.runpytest_subprocess("--istio-scenarios", "builtin", "--istio-backend=existing",
-                                           f"--istio-kubeconfig={kind_cluster.kubeconfig}", "-k", "not automtls-off",
-                                           "-p", "no:cacheprovider")
+                                           "--istio-allow-mesh-wide", f"--istio-kubeconfig={kind_cluster.kubeconfig}",
+                                           "-k", "not automtls-off", "-p", "no:cacheprovider")
     library = sorted(BUILTIN.glob("*.yaml"))
     result.assert_outcomes(passed=sum(rows(p) for p in library if "automtls-off" not in p.name),
                            deselected=rows(BUILTIN / "10-automtls-off.yaml"))
