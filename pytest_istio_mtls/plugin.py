@@ -199,6 +199,7 @@ class ProbeItem(pytest.Item):
     expectation: Expectation
     _outcome: Outcome | None = None
     _prepare_error: Exception | None = None
+    _timed_by_pytest = False  # probed inside setup, which pytest timed itself: no share to add
 
     def prepare(self) -> None:
         """Probe this row's scenario (once per scenario) before pytest prints the item's line, so the
@@ -216,6 +217,7 @@ class ProbeItem(pytest.Item):
         if self._prepare_error is not None:
             raise self._prepare_error
         if self._outcome is None:  # another plugin's pytest_runtest_protocol ran instead of ours
+            self._timed_by_pytest = True
             try:
                 self.prepare()
             except BackendUnavailable as exc:
@@ -229,8 +231,11 @@ class ProbeItem(pytest.Item):
 
         self.user_properties += properties(outcome, self.config.stash[SETTINGS_KEY].report,
                                            self.config.getoption("xmlpath", None))
+        # Shown with the phase the row fails in: a wrong row fails in call ("Captured istio ... call"), an error in
+        # setup; a section labelled "setup" under a wrong verdict read as if the setup had gone wrong.
+        when = "setup" if outcome.status == "error" else "call"
         for title, text in outcome.diagnostics.items():
-            self.add_report_section("setup", f"istio {title}", text)
+            self.add_report_section(when, f"istio {title}", text)
         if outcome.status == "error":
             # Raised during setup, so pytest reports an ERROR: the probe could not be judged.
             pytest.fail(outcome.message(diagnostics=False), pytrace=False)
@@ -318,7 +323,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 def _session_report(config: pytest.Config, interrupted: bool) -> Any:
     """This process's report: its own run's, or on an xdist controller the workers' merged; None if nothing ran."""
     run = config.stash.get(RUN_KEY, None)
-    if run is not None and run.has_rows():
+    if run is None and interrupted and config.stash.get(PLANNED_KEY, None) and not config.option.collectonly:
+        run = session_run(config)  # interrupted before the first item: every planned row is "not run"
+    if run is not None and run.has_rows(interrupted=interrupted):
         return run.report(interrupted=interrupted)
     sent = config.stash.get(WORKER_REPORTS_KEY, [])
     if sent:
@@ -343,7 +350,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             message = run.finish(interrupted=interrupted)
     finally:
         if worker is not None:  # the controller merges and writes; each worker has its own mesh
-            if run is not None and run.has_rows():
+            if run is not None and run.has_rows(interrupted=interrupted):
                 worker[WORKER_OUTPUT] = {"report": run.report(interrupted=interrupted).to_json(), "keep": message}
         else:
             report = config.stash[REPORT_KEY] = _session_report(config, interrupted)
@@ -424,7 +431,11 @@ def istio_policies(istio_mesh: Any) -> Callable[..., Any]:
 def istio_probe(request: pytest.FixtureRequest, istio_mesh: Any) -> Callable[..., Any]:
     """``istio_probe("curl.foo", "httpbin.foo:8000")`` → a ProbeResult with ``.result`` (mtls, plaintext,
     refused, unavailable, denied, or None when unproven), ``.verdict``, ``.observation``, ``.prediction``.
-    Each probe is a row of the ``--istio-report`` (a scenario named after the test)."""
+    A request as a scenario row writes it, as keywords or ``request=`` (a mapping or a ``Request``):
+    ``istio_probe("curl.foo", "httpbin.foo:8000", method="POST", path="/post", headers={"x-team": "shop"})``;
+    ``tls="no-cert"`` for a client without a sidecar that speaks TLS itself.
+    Each probe is a row of the truth table (a scenario named after the test): ✓ or ✗ as the last comparison of
+    its ``.result`` concluded, ``not asserted`` when the test never compared it."""
     from .scenario.loader import display_path
 
     run = session_run(request.config)
@@ -432,8 +443,7 @@ def istio_probe(request: pytest.FixtureRequest, istio_mesh: Any) -> Callable[...
 
     def probe(*args: Any, **kwargs: Any) -> Any:
         result = istio_mesh.probe(*args, **kwargs)
-        run.record_fixture_probe(node.nodeid, node.nodeid.split("::", 1)[-1], display_path(node.path),
-                                 result.observation, result.verdict, result.prediction,
+        run.record_fixture_probe(node.nodeid, node.nodeid.split("::", 1)[-1], display_path(node.path), result,
                                  [p.ref for p in istio_mesh.scenario.policies])
         return result
 
@@ -443,8 +453,14 @@ def istio_probe(request: pytest.FixtureRequest, istio_mesh: Any) -> Callable[...
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                                ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A Python test's outcome judges the probes it made through ``istio_probe``."""
+    """A scenario item's setup takes its share of its batch's time; a Python test's outcome is noted for its
+    probes (``--istio-keep=on-failure``, and a not-asserted row's message), whose rows its assertions judge."""
     report = yield
+    if isinstance(item, ProbeItem) and report.when == "setup" and not item._timed_by_pytest:
+        # The batch ran before any of its items' phases (prepare()), so pytest timed none of it: give each row
+        # its share, where --junitxml's time and --durations read it.
+        share = item._outcome.seconds if item._outcome is not None else None
+        report.duration += share or 0.0
     run = item.config.stash.get(RUN_KEY, None)
     if run is not None and (report.when == "call" or report.failed):
         crash = getattr(report.longrepr, "reprcrash", None)

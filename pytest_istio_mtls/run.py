@@ -8,14 +8,19 @@ The report holds what pytest reported: every collected row appears, and a row py
 (interrupted, ``-x``, a kept earlier scenario) is ``not run``, so the truth table's counts agree with
 pytest's. Probes made through the ``istio_probe`` fixture appear as rows of a pseudo-scenario named
 after their test.
+
+Each batch is timed phase by phase (``report.model.PHASES``) and its rows share its time equally: they are
+deployed, switched to and probed together, so no row has a time of its own. The backend's start is timed
+apart, as it serves every batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from . import backends
 from .backends import Backend, BackendError, BackendUnavailable, Progress, support
@@ -29,8 +34,12 @@ from .oracle.mtls import Prediction
 from .report.model import Report, Row, RowStatus, ScenarioReport, step_report
 from .scenario.loader import display_path
 
+if TYPE_CHECKING:
+    from .mesh import ProbeResult
+
 Status = Literal["correct", "wrong", "error", "not run"]
 RowKey = tuple[str, str]  # (scenario key, pair id)
+clock: Callable[[], float] = time.monotonic  # what the run and its phases are timed with (tests move a fake one)
 
 
 def scenario_key(scenario: Scenario) -> str:
@@ -49,6 +58,33 @@ def quoted(scenario: Scenario) -> str:
 
 
 @dataclass
+class Batch:
+    """How long one batch (a scenario, or one step of it) took, phase by phase. Its rows share the time equally:
+    they are deployed, switched to and probed together."""
+
+    rows: int
+    phases: dict[str, float] = field(default_factory=dict)  # phase (of PHASES) → seconds, for those that ran
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.phases.values())
+
+    @property
+    def share(self) -> float:
+        """One row's share of the batch's time."""
+        return self.seconds / self.rows if self.rows else 0.0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one phase; a phase that fails or is interrupted still counts the time it took."""
+        begun = clock()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + clock() - begun
+
+
+@dataclass
 class Outcome:
     scenario: Scenario
     expectation: Expectation
@@ -58,6 +94,12 @@ class Outcome:
     error: str = ""  # the batch itself failed (backend error)
     diagnostics: dict[str, str] = field(default_factory=dict)
     not_run: str = ""  # why the row was never probed or never reported by pytest
+    batch: Batch | None = None  # the batch that probed it (None: nothing was deployed for it)
+
+    @property
+    def seconds(self) -> float | None:
+        """This row's share of its batch's time; None when it was not probed in a batch."""
+        return self.batch.share if self.batch is not None and not self.not_run else None
 
     @property
     def observed(self) -> Result | None:
@@ -119,24 +161,23 @@ class Outcome:
             predicted=self.prediction.result.value, reason=self.prediction.reason, status=status,
             message="" if status == "correct" else self.not_run or self.message(),
             because=list(self.verdict.because) if self.verdict is not None else [],
-            evidence=obs.to_json() if obs is not None else None, step=self.scenario.step,
+            evidence=obs.to_json() if obs is not None else None, step=self.scenario.step, duration_s=self.seconds,
         )
 
 
 @dataclass
 class FixtureProbe:
-    """One ``istio_probe(...)`` call of a Python test, with the policies in force at the time."""
+    """One ``istio_probe(...)`` call of a Python test, with the policies in force at the time. The result
+    remembers what the test's comparisons of it concluded, which is what its row says."""
 
-    probe: Probe
-    observation: Observation
-    verdict: Verdict
-    prediction: Prediction
+    result: ProbeResult
     policies: tuple[str, ...]
 
 
 @dataclass
 class FixtureTest:
-    """A Python test's probes; its pytest outcome judges them (the test's assertions are the expectations)."""
+    """A Python test's probes. Each probe's row is what the test's assertion about that probe concluded (or
+    ``not asserted``), never the test's outcome: one wrong assertion, or a crash, says nothing of other probes."""
 
     name: str
     file: str
@@ -146,35 +187,49 @@ class FixtureTest:
     def rows(self) -> list[Row]:
         return [self._row(p) for p in self.probes]
 
-    def _row(self, probe: FixtureProbe) -> Row:
-        observed = probe.verdict.result
-        http = probe.observation.status
+    def _row(self, fixture: FixtureProbe) -> Row:
+        result = fixture.result
+        probe, observed, assertion = result.observation.probe, result.verdict.result, result.assertion
+        expected = assertion.expected if assertion is not None else None
+        head = f"{probe.pair} in test {self.name}"
         status: RowStatus
-        if self.failure is None:
-            status, message = "not run", "the test did not finish (the run was interrupted)"
-        elif observed is None:
-            status, message = "error", f"observed: ERROR: {probe.verdict.error}"
-        elif self.failure:
-            status, message = "wrong", f"{self.name} failed: {self.failure}"
+        if observed is None:
+            status = "error"
+        elif assertion is None:
+            status = "not asserted"
         else:
-            status, message = "correct", ""
-        if message:
-            message = "\n".join([f"{probe.probe.pair} in test {self.name}", f"  {message}",
-                                 f"  oracle:   {probe.prediction.result.value}: {probe.prediction.reason}",
-                                 f"  client saw: {probe.observation.client_saw()}"])
-        if status == "not run":
-            observed = http = None
-        return Row(source=probe.probe.source.ref, target=probe.probe.target.ref, port=probe.probe.port.port,
-                   request="" if probe.probe.request.is_default else probe.probe.request.label,
-                   observed=observed.value if observed is not None else None, http_status=http,
-                   predicted=probe.prediction.result.value, reason=probe.prediction.reason, status=status,
-                   message=message, because=list(probe.verdict.because), evidence=probe.observation.to_json())
+            status = "correct" if assertion.held else "wrong"
+        message = ""
+        if status == "not asserted":
+            fate = f"; the test failed: {self.failure}" if self.failure else ""
+            message = f"{head}: not asserted (the test compared no result of this probe{fate})"
+        elif status != "correct":
+            block = result.explain(expected).splitlines()
+            asserted = [f"  asserted: .result {assertion.comparison}"] if assertion and expected is None else []
+            message = "\n".join([head, *asserted, *block[1:]])
+        return Row(source=probe.source.ref, target=probe.target.ref, port=probe.port.port,
+                   request="" if probe.request.is_default else probe.request.label,
+                   observed=observed.value if observed is not None else None, http_status=result.observation.status,
+                   predicted=result.prediction.result.value, reason=result.prediction.reason, status=status,
+                   expected=expected.value if expected is not None else None, message=message,
+                   because=list(result.verdict.because), evidence=result.observation.to_json())
 
     def report(self) -> ScenarioReport:
         policies = list(dict.fromkeys(p for probe in self.probes for p in probe.policies))
         return ScenarioReport(name=self.name, file=self.file, rows=self.rows(), policies=policies,
                               description="probes of a Python test (istio_probe); its assertions are the "
                                           "expectations")
+
+
+def later_count(skipped: Sequence[Scenario], kept: Scenario) -> str:
+    """``2 later scenarios (5 steps)``, ``1 later step``: steps are counted as steps, not as scenarios."""
+    own = [s for s in skipped if s.path == kept.path and s.scenario_name == kept.scenario_name]
+    others = {(s.path, s.scenario_name): s for s in skipped if s not in own}
+    parts = [plural(len(own), "later step")] if own else []
+    if others:
+        steps = sum(1 for s in skipped if s not in own and s.step)
+        parts.append(plural(len(others), "later scenario") + (f" ({plural(steps, 'step')})" if steps else ""))
+    return " and ".join(parts)
 
 
 class Run:
@@ -197,7 +252,9 @@ class Run:
         self.kept: Scenario | None = None  # --istio-keep=on-failure: the first failing scenario, left deployed
         self._not_deployed: list[Scenario] = []  # scenarios (or steps) skipped so that `kept` stays as it failed
         self._last: Scenario | None = None  # the scenario deployed last
-        self.started = time.monotonic()
+        self.batches: dict[str, Batch] = {}  # scenario key → its batch's timing
+        self.start_seconds: float | None = None  # how long the backend's start() took (None: not started)
+        self.started = clock()
         self.versions: dict[str, str] = {}
 
     @property
@@ -209,11 +266,14 @@ class Run:
         if self._backend is None:
             backend = self._factory(self.settings, self.progress)
             self._starting = backend  # teardown must reach what a failed or interrupted start() created
+            begun = clock()
             try:
                 backend.start()
             except BackendError as exc:
                 self._start_error = exc if isinstance(exc, BackendUnavailable) else BackendUnavailable(str(exc))
                 raise self._start_error from None
+            finally:
+                self.start_seconds = clock() - begun
             self._backend = backend
             self.versions = backend.versions()
         return self._backend
@@ -263,24 +323,32 @@ class Run:
                 outcome.not_run = reason
             return
         probes = [Probe(e.source, e.target, e.port, e.request) for e in expectations]
+        batch = self.batches[key] = Batch(len(outcomes))
+        for outcome in outcomes:
+            outcome.batch = batch
         try:
-            deployed = self._last is not None and self._last.path == scenario.path and self._last.step != ""
-            self._last = scenario
-            if not deployed:  # a later step runs on the deployment of the step before (deploy() reuses it)
-                self.progress(f"{title(scenario)}: deploying {plural(len(scenario.topology.workloads), 'workload')}")
-            backend.deploy(scenario.topology, scenario.mesh)
-            step = scenario.current
-            changes = f" ({step.changes})" if step is not None and step.changes else ""
-            self.progress(f"{title(scenario)}: applying {plural(len(scenario.policies), 'policy')}{changes}")
-            backend.apply(scenario)
-            self.progress(f"{title(scenario)}: probing {plural(len(probes), 'connection')}")
-            observations = backend.probe(probes)
-            for outcome, observation in zip(outcomes, observations, strict=True):
-                outcome.observation = observation
-                outcome.verdict = decide(observation)
-            for probe, outcome in zip(probes, outcomes, strict=True):
-                if outcome.status != "correct":  # each failing row shows its own pair, not the others'
-                    outcome.diagnostics = backend.diagnostics([probe])
+            with batch.phase("deploy"):
+                deployed = self._last is not None and self._last.path == scenario.path and self._last.step != ""
+                self._last = scenario
+                if not deployed:  # a later step runs on the deployment of the step before (deploy() reuses it)
+                    self.progress(f"{title(scenario)}: deploying "
+                                  f"{plural(len(scenario.topology.workloads), 'workload')}")
+                backend.deploy(scenario.topology, scenario.mesh)
+            with batch.phase("apply"):
+                step = scenario.current
+                changes = f" ({step.changes})" if step is not None and step.changes else ""
+                self.progress(f"{title(scenario)}: applying {plural(len(scenario.policies), 'policy')}{changes}")
+                backend.apply(scenario)
+            with batch.phase("probe"):
+                self.progress(f"{title(scenario)}: probing {plural(len(probes), 'connection')}")
+                observations = backend.probe(probes)
+            with batch.phase("evidence"):
+                for outcome, observation in zip(outcomes, observations, strict=True):
+                    outcome.observation = observation
+                    outcome.verdict = decide(observation)
+                for probe, outcome in zip(probes, outcomes, strict=True):
+                    if outcome.status != "correct":  # each failing row shows its own pair, not the others'
+                        outcome.diagnostics = backend.diagnostics([probe])
             # No clear() here: the next scenario's apply() replaces these policies, and a kept run
             # (--istio-keep) shows the last scenario's policies still in force.
         except BackendUnavailable:
@@ -293,14 +361,15 @@ class Run:
         if self.settings.keep == "on-failure" and any(o.status != "correct" for o in outcomes):
             self.kept = scenario
 
-    def record_fixture_probe(self, test: str, name: str, file: str, observation: Observation, verdict: Verdict,
-                             prediction: Prediction, policies: Sequence[str]) -> None:
+    def record_fixture_probe(self, test: str, name: str, file: str, result: ProbeResult,
+                             policies: Sequence[str]) -> None:
         """A probe made by a Python test through ``istio_probe``: a row of the test's pseudo-scenario."""
         entry = self.fixture_tests.setdefault(test, FixtureTest(name, file))
-        entry.probes.append(FixtureProbe(observation.probe, observation, verdict, prediction, tuple(policies)))
+        entry.probes.append(FixtureProbe(result, tuple(policies)))
 
     def fixture_test_finished(self, test: str, failure: str) -> None:
-        """The test's outcome judges its probes: ``""`` passed, else the failure's first line."""
+        """The test's outcome (``""`` passed, else the failure's first line): whether the run failed, for
+        ``--istio-keep=on-failure``. It does not judge the test's probes: their own assertions do."""
         entry = self.fixture_tests.get(test)
         if entry is not None and (failure or entry.failure is None):  # a teardown failure overrides a pass
             entry.failure = failure
@@ -309,14 +378,15 @@ class Run:
         return (any(o.status not in ("correct", "not run") for o in self.outcomes.values())
                 or bool(self.scenario_errors) or any(t.failure for t in self.fixture_tests.values()))
 
-    def has_rows(self) -> bool:
-        """Did anything run that a report should show?"""
-        return bool(self.outcomes or self.fixture_tests)
+    def has_rows(self, *, interrupted: bool = False) -> bool:
+        """Did anything run that a report should show? An interrupted run shows its planned rows even when
+        none ran (Ctrl-C while the backend started): each one ``not run``, as when interrupted later."""
+        return bool(self.outcomes or self.fixture_tests or (interrupted and self._planned))
 
     def report(self, *, interrupted: bool = False) -> Report:
         """Every planned row (``not run`` when pytest never reported it), then the fixture tests' rows."""
         report = Report(backend=self.settings.backend, versions=dict(self.versions),
-                        duration_s=time.monotonic() - self.started, interrupted=interrupted)
+                        duration_s=clock() - self.started, interrupted=interrupted, start_s=self.start_seconds)
         never = ("the run was interrupted before this row ran" if interrupted
                  else "pytest stopped before this row ran")
         rows: dict[str, tuple[Scenario, list[Expectation]]] = {}
@@ -344,11 +414,14 @@ class Run:
                     warnings=[str(w) for w in scenario.warnings])
                 report.scenarios.append(entry)
             entry.rows += scenario_rows
-            entry.policies = list(dict.fromkeys([*entry.policies, *(p.ref for p in scenario.policies)]))
+            if scenario.current is None:  # a scenario with steps names each step's policies with that step, not all
+                entry.policies = list(dict.fromkeys([*entry.policies, *(p.ref for p in scenario.policies)]))
             error = self.scenario_errors.get(key, "")
+            phases = dict(self.batches[key].phases) if key in self.batches else {}
+            entry.add_phases(phases)  # a scenario's time is its steps' together
             step = scenario.current
             if step is not None:
-                entry.steps.append(replace(step_report(step), error=error))
+                entry.steps.append(replace(step_report(step), error=error, phases=phases))
             if error and not entry.error:
                 entry.error = f"step {step.name}: {error}" if step is not None else error
         report.scenarios.extend(test.report() for test in self.fixture_tests.values())
@@ -372,8 +445,7 @@ class Run:
         if self.kept is not None:
             line = f"kept: {quoted(self.kept)} ({display_path(self.kept.path)}), the first that failed"
             if self._not_deployed:
-                later = "later step" if all(s.step for s in self._not_deployed) else "later scenario"
-                line += (f"; {plural(len(self._not_deployed), later)} not deployed so that its mesh "
+                line += (f"; {later_count(self._not_deployed, self.kept)} not deployed so that its mesh "
                          "stays as it failed (to keep another, run its file alone with --istio-keep=on-failure)")
             return line
         if self._last is None:

@@ -17,7 +17,7 @@ from ..options import Settings
 from .base import BackendError, BackendUnavailable, Progress
 from .kube import istio
 from .kube.backend import KubeBackend
-from .kube.client import Kube
+from .kube.client import Kube, KubeconfigError
 from .kube.manifests import images
 from .kube.naming import Naming, refuse_mesh_wide
 from .kube.versions import minor_of
@@ -44,6 +44,9 @@ class ExistingBackend(KubeBackend):
                "or use --istio-backend=kind (creates one) or --istio-backend=local (no cluster)")
         try:
             self.kube = Kube(self.settings.kubeconfig, self.settings.context, request_timeout=15.0)
+        except KubeconfigError as exc:  # its own fix names the file; one fix, not two
+            raise BackendUnavailable(f"{exc.problem}; fix: {exc.fix}, or use --istio-backend=kind (creates one) or "
+                                     "--istio-backend=local (no cluster)") from None
         except BackendError as exc:
             raise BackendUnavailable(f"{exc}; {fix}") from None
         try:

@@ -68,7 +68,7 @@ DISCOVERY_TAGS = "vtprotobuf,disable_pgv"
 AGENT_TAGS = "agent,disable_pgv,grpcnotrace,retrynotrace"
 
 # Measured on this project's 2-core machine with Go 1.26.8 (docs/real-istio.md), said before a build.
-TYPICAL_COLD = ("a cold build (empty Go caches) takes 7 to 11 minutes on 2 cores: pilot-discovery 3 to 5.5 min, "
+TYPICAL_COLD = ("a cold build (empty Go caches) takes 7 to 15 minutes on 2 cores: pilot-discovery 3 to 5.5 min, "
                 "pilot-agent ~15 s, kube-apiserver 3 to 5.5 min, downloads ~15 s; Go's caches then hold ~5.5 GB "
                 "(1.3 GB modules, 4.2 GB build cache); with warm caches it takes ~15 s")
 

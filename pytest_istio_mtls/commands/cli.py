@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._version import __version__
-from ..model import CLIENT_TLS, Request, Result, Scenario, client_label, destination_label
+from ..model import CLIENT_TLS, Expectation, Request, Result, Scenario, client_label, destination_label
 from ..model.diagnostics import ScenarioError, did_you_mean, plural
 from ..oracle import mtls
 from ..report.model import Report, Row, ScenarioReport, step_report
@@ -72,23 +72,35 @@ def _load_all(paths: Sequence[str]) -> tuple[list[Scenario], int]:
     return scenarios, len(errors) + len(files) - len(scenarios)
 
 
+def predicted_rows(state: Scenario) -> list[tuple[Expectation, mtls.Prediction]]:
+    """The rows a run of this scenario (or step) would probe, each with the oracle's prediction: its own ``expect:``
+    rows with their requests, or the rows ``expect: derived`` yields. Both come from the loader, the code that makes
+    the pytest items, so ``predict`` and a run cannot disagree on the pairs (self-calls, requests)."""
+    return [(exp, mtls.predict(state, exp.source, exp.target, exp.port, exp.request)) for exp in state.expectations]
+
+
+def prediction_json(exp: Expectation, prediction: mtls.Prediction) -> dict[str, object]:
+    """One row of ``predict --json``: named as report.json names it (``request`` null for the default GET
+    /headers), with the file's expectation beside the oracle's result."""
+    return {"from": exp.client, "to": exp.destination, "port": exp.port.port,
+            "request": None if exp.request.is_default else exp.request.label, "expected": exp.result.value,
+            "result": prediction.result.value, "reason": prediction.reason}
+
+
 def prediction_report(scenarios: Sequence[Scenario]) -> Report:
-    """A report of what the oracle predicts for every pair (rows carry the file's expectation, if any); a
-    scenario with steps has each step's rows."""
+    """A report of what the oracle predicts for every row the scenarios would run (with the file's expectation);
+    a scenario with steps has each step's rows."""
     report = Report(backend="predict")
     for scenario in scenarios:
         entry = ScenarioReport(name=scenario.name, file=display_path(scenario.path), description=scenario.description,
                                warnings=[str(w) for w in scenario.warnings])
         for state in scenario.states():
-            expected = {(e.client, e.destination, e.port.port): e for e in state.expectations
-                        if e.request.is_default}
-            for prediction in mtls.predict_all(state):
-                target = destination_label(prediction.target, prediction.port)
-                exp = expected.get((prediction.source.ref, target, prediction.port.port))
+            for exp, prediction in predicted_rows(state):
                 entry.rows.append(Row(
-                    source=prediction.source.ref, target=target, port=prediction.port.port,
+                    source=exp.client, target=exp.destination, port=exp.port.port,
+                    request="" if exp.request.is_default else exp.request.label,
                     predicted=prediction.result.value, reason=prediction.reason, status="predicted",
-                    expected=exp.result.value if exp is not None else None, step=state.step,
+                    expected=exp.result.value, expected_http_status=exp.status, step=state.step,
                 ))
             entry.policies = list(dict.fromkeys([*entry.policies, *(p.ref for p in state.policies)]))
             if state.current is not None:
@@ -125,7 +137,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:  # JSON Lines: one {scenario, rows} per file (per step: {scenario, step, rows}), however many
         for scenario in scenarios:
             for state in scenario.states():
-                rows = [p.as_row() for p in mtls.predict_all(state)]
+                rows = [prediction_json(exp, prediction) for exp, prediction in predicted_rows(state)]
                 step = {"step": state.step} if state.step else {}
                 print(json.dumps({"scenario": scenario.name, **step, "rows": rows}, ensure_ascii=False))
     elif scenarios:
@@ -337,10 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --backend=local: the control plane it would use (default istiod)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("predict", help="the truth table Istio's rules predict for every client × server port")
+    p = sub.add_parser("predict", help="the truth table Istio's rules predict for the rows each scenario would run "
+                                       "(its expect: rows, or the derived ones)")
     p.add_argument("files", nargs="+", metavar="PATH", help=paths)
     p.add_argument("--json", action="store_true",
-                   help="print one line per scenario: {scenario, rows: [{from, to, port, result, reason}]}")
+                   help="print one line per scenario: {scenario, rows: [{from, to, port, request, expected, result, "
+                        "reason}]}")
     p.add_argument("--report", metavar="DIR", help="also write report.json, report.md and report.html into DIR")
     p.set_defaults(func=cmd_predict)
 

@@ -1,10 +1,12 @@
 """``pytest-istio-mtls diff OLD NEW``: the verdicts that changed between two ``report.json`` files.
 
-A row is the same row in both reports when its scenario, client, server, port and request are the same
-(the pytest item id without the file). It changed when it exists in one report only, when its result
-differs (the observed verdict; ``error`` or ``not run`` when there is none; the prediction in a
-``predict`` report), or when only its status differs (an edited expectation, a pinned HTTP status).
-The nightly workflow compares Istio versions with this code (.github/scripts/compare_reports.py).
+A scenario only one report has is one difference, not one per row. In the scenarios both have, a row is the
+same row when its client, server, port and request are the same (the pytest item id without the file). It
+changed when it exists in one report only (``added``, ``removed``), when its result differs (``result``: the
+observed verdict; ``error`` or ``not run`` when there is none; the prediction in a ``predict`` report), or when
+only its outcome differs (``outcome``: correct, wrong, error; an edited expectation or a pinned HTTP status).
+The kind is never called ``status``: a row's ``status:`` pins an HTTP code. The nightly workflow compares Istio
+versions with this code (.github/scripts/compare_reports.py).
 
 Exit codes: 0 nothing changed, 1 something changed, 2 a report cannot be read or wrong usage.
 """
@@ -22,8 +24,8 @@ from ..model import row_id
 from ..model.diagnostics import plural
 from ..report.model import SCHEMA_VERSION
 
-ChangeKind = Literal["added", "removed", "result", "status"]
-KINDS: tuple[ChangeKind, ...] = ("result", "status", "added", "removed")
+ChangeKind = Literal["added", "removed", "result", "outcome"]
+KINDS: tuple[ChangeKind, ...] = ("result", "outcome", "added", "removed")
 FORMATS = ("text", "markdown", "json")
 EXIT_SAME, EXIT_CHANGED, EXIT_TROUBLE = 0, 1, 2
 
@@ -57,11 +59,26 @@ class Change:
         if self.new is None:
             return f"removed (was {self.old.result}" + (f", {self.old.status})" if self.old.status else ")")
         text = f"{self.old.result} → {self.new.result}" if self.kind == "result" else f"{self.new.result}"
-        if self.old.status != self.new.status:
-            text += f", {self.old.status} → {self.new.status}"
-            if self.old.expected != self.new.expected:
-                text += f" (expected {self.old.expected or 'nothing'} → {self.new.expected or 'nothing'})"
-        return text
+        outcome, expected = self._moves()
+        return text + (f", {outcome}" if outcome else "") + (f" ({expected})" if expected else "")
+
+    def label(self) -> str:
+        """The change column of the Markdown table: the kind and everything ``describe`` says beyond the two
+        results (the table shows those in their own columns)."""
+        if self.old is None:
+            return "added" + (f" ({self.new.status})" if self.new and self.new.status else "")
+        if self.new is None:
+            return "removed" + (f" (was {self.old.status})" if self.old.status else "")
+        outcome, expected = self._moves()
+        return self.kind + (f": {outcome}" if outcome else "") + (f" ({expected})" if expected else "")
+
+    def _moves(self) -> tuple[str, str]:
+        """``correct → wrong`` and ``expected mtls → unavailable``, each '' when it did not move."""
+        assert self.old is not None and self.new is not None
+        outcome = f"{self.old.status} → {self.new.status}" if self.old.status != self.new.status else ""
+        expected = (f"expected {self.old.expected or 'nothing'} → {self.new.expected or 'nothing'}"
+                    if self.old.expected != self.new.expected else "")
+        return outcome, expected
 
     def to_json(self) -> dict[str, Any]:
         def side(verdict: Verdict | None) -> dict[str, str] | None:
@@ -80,6 +97,7 @@ class LoadedReport:
     versions: dict[str, str]
     started: str
     rows: dict[tuple[str, str], Verdict]  # (scenario, row) → verdict, in report order
+    scenarios: dict[str, int]  # scenario → how many rows it has, in report order
 
     def label(self) -> str:
         """``path (backend, istio 1.30.3, started)``: enough to tell two runs apart."""
@@ -96,8 +114,14 @@ class LoadedReport:
 class Diff:
     old: LoadedReport
     new: LoadedReport
-    changes: tuple[Change, ...]
+    changes: tuple[Change, ...]  # rows of the scenarios both reports have
     unchanged: int
+    only_old: tuple[tuple[str, int], ...] = ()  # (scenario, its rows) only the old report has
+    only_new: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.changes or self.only_old or self.only_new)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {kind: sum(1 for c in self.changes if c.kind == kind) for kind in KINDS}
@@ -136,10 +160,12 @@ def load(path: str | Path) -> LoadedReport:
     scenarios = [s for s in data["scenarios"] if isinstance(s, dict)]
     names = [str(s.get("name", "")) for s in scenarios]
     rows: dict[tuple[str, str], Verdict] = {}
+    counts: dict[str, int] = {}
     for index, scenario in enumerate(scenarios):
         name = names[index]
         if names.count(name) > 1:  # two files with one scenario name: the file tells them apart
             name = f"{name} ({scenario.get('file', '')})"
+        counts[name] = len(scenario.get("rows") or [])
         for number, row in enumerate(scenario.get("rows") or []):
             try:
                 method, _, target = str(row.get("request") or "").partition(" ")
@@ -152,71 +178,100 @@ def load(path: str | Path) -> LoadedReport:
     versions = data.get("versions")
     return LoadedReport(str(path), str(data.get("backend") or ""),
                         {str(k): str(v) for k, v in versions.items()} if isinstance(versions, dict) else {},
-                        str(data.get("started") or ""), rows)
+                        str(data.get("started") or ""), rows, counts)
 
 
 def compare(old: LoadedReport, new: LoadedReport) -> Diff:
-    """Every row that changed, in the new report's order, then the rows only the old report has."""
+    """The scenarios only one report has, then every row of the others that changed, in the new report's order,
+    then their rows only the old report has."""
+    only_old = tuple((name, count) for name, count in old.scenarios.items() if name not in new.scenarios)
+    only_new = tuple((name, count) for name, count in new.scenarios.items() if name not in old.scenarios)
     changes: list[Change] = []
     unchanged = 0
     for key, after in new.rows.items():
+        if key[0] not in old.scenarios:
+            continue
         before = old.rows.get(key)
         if before is None:
             changes.append(Change(*key, "added", None, after))
         elif before.result != after.result:
             changes.append(Change(*key, "result", before, after))
         elif before.status != after.status:
-            changes.append(Change(*key, "status", before, after))
+            changes.append(Change(*key, "outcome", before, after))
         else:
             unchanged += 1
-    changes += [Change(*key, "removed", before, None) for key, before in old.rows.items() if key not in new.rows]
-    return Diff(old, new, tuple(changes), unchanged)
+    changes += [Change(*key, "removed", before, None) for key, before in old.rows.items()
+                if key not in new.rows and key[0] in new.scenarios]
+    return Diff(old, new, tuple(changes), unchanged, only_old, only_new)
 
 
 def summary(diff: Diff) -> str:
-    counts = diff.counts()
-    if not diff.changes:
+    """``N rows changed (...), N unchanged; N scenarios only in the old report (N rows)``."""
+    if not diff.differs:
         return f"no verdict changed ({plural(diff.unchanged, 'row')} compared)"
-    parts = ", ".join(f"{counts[kind]} {kind}" for kind in KINDS if counts[kind])
-    return (f"{plural(len(diff.changes), 'row')} changed ({parts}), "
-            f"{diff.unchanged} unchanged")
+    counts = diff.counts()
+    if diff.changes:
+        parts = ", ".join(f"{counts[kind]} {kind}" if kind in ("added", "removed") else plural(counts[kind], kind)
+                          for kind in KINDS if counts[kind])
+        text = f"{plural(len(diff.changes), 'row')} changed ({parts}), {diff.unchanged} unchanged"
+    else:
+        text = f"no row changed in the scenarios both reports have ({plural(diff.unchanged, 'row')} compared)"
+    for side, only in (("old", diff.only_old), ("new", diff.only_new)):
+        if only:
+            text += (f"; {plural(len(only), 'scenario')} only in the {side} report "
+                     f"({plural(sum(count for _, count in only), 'row')})")
+    return text
 
 
 def render_text(diff: Diff) -> str:
     lines = [f"--- {diff.old.label()}", f"+++ {diff.new.label()}"]
-    scenario = None
+    groups: dict[str, list[str]] = {}
+    for side, only in (("old", diff.only_old), ("new", diff.only_new)):
+        for name, count in only:
+            groups[name] = [f"{name}: only in the {side} report ({plural(count, 'row')})"]
     width = max((len(c.row) for c in diff.changes), default=0)
-    for change in sorted(diff.changes, key=lambda c: c.scenario):  # stable: report order within a scenario
-        if change.scenario != scenario:
-            scenario = change.scenario
-            lines.append(f"{scenario}:")
-        lines.append(f"  {change.row.ljust(width)}  {change.describe()}")
+    for change in diff.changes:  # report order within a scenario
+        groups.setdefault(change.scenario, [f"{change.scenario}:"]).append(
+            f"  {change.row.ljust(width)}  {change.describe()}")
+    for name in sorted(groups):
+        lines += groups[name]
     lines.append(summary(diff))
     return "\n".join(lines)
 
 
 def render_markdown(diff: Diff, old_label: str = "old", new_label: str = "new") -> str:
-    """A table for $GITHUB_STEP_SUMMARY and PR comments; ``no differences`` when nothing changed."""
-    if not diff.changes:
+    """A table for $GITHUB_STEP_SUMMARY and PR comments, saying what the text says; ``no differences`` when
+    nothing changed."""
+    if not diff.differs:
         return "no differences"
-    lines = [f"| scenario | row | {old_label} | {new_label} | change |", "|---|---|---|---|---|"]
-    for change in sorted(diff.changes, key=lambda c: c.scenario):
+    groups: dict[str, list[str]] = {}
+    for name, count in diff.only_old:
+        groups[name] = [f"| {name} | every row | {plural(count, 'row')} | absent | scenario only in {old_label} |"]
+    for name, count in diff.only_new:
+        groups[name] = [f"| {name} | every row | absent | {plural(count, 'row')} | scenario only in {new_label} |"]
+    for change in diff.changes:
         old = change.old.result if change.old else "absent"
         new = change.new.result if change.new else "absent"
-        what: str = change.kind
-        if change.old and change.new and change.old.status != change.new.status:
-            what += f": {change.old.status} → {change.new.status}"
-        lines.append(f"| {change.scenario} | {change.row} | {old} | {new} | {what} |")
+        groups.setdefault(change.scenario, []).append(
+            f"| {change.scenario} | {change.row} | {old} | {new} | {change.label()} |")
+    lines = [f"| scenario | row | {old_label} | {new_label} | change |", "|---|---|---|---|---|"]
+    for name in sorted(groups):
+        lines += groups[name]
     lines += ["", summary(diff)]
     return "\n".join(lines)
 
 
 def render_json(diff: Diff) -> str:
+    """``{old, new, counts, onlyInOld, onlyInNew, changes}``; the keys are documented in README.md (Diff)."""
     def side(report: LoadedReport) -> dict[str, Any]:
         return {"file": report.path, "backend": report.backend, "versions": report.versions,
                 "started": report.started}
 
+    def scenarios(only: tuple[tuple[str, int], ...]) -> list[dict[str, Any]]:
+        return [{"scenario": name, "rows": count} for name, count in only]
+
     return json.dumps({"old": side(diff.old), "new": side(diff.new), "counts": diff.counts(),
+                       "onlyInOld": scenarios(diff.only_old), "onlyInNew": scenarios(diff.only_new),
                        "changes": [c.to_json() for c in diff.changes]}, indent=2, ensure_ascii=False)
 
 
@@ -244,4 +299,4 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(render_markdown(diff, args.old, args.new))
     else:
         print(render_text(diff))
-    return EXIT_CHANGED if diff.changes else EXIT_SAME
+    return EXIT_CHANGED if diff.differs else EXIT_SAME

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ..backends.base import BackendError
-from ..backends.kube.client import Kube, KubeError
+from ..backends.kube.client import Kube, KubeconfigError, KubeError
 from ..backends.kube.istio import IstioInstall, detect, mesh_config
 from ..model.diagnostics import ScenarioError, did_you_mean, plural
 from ..scenario.checks import DNS_LABEL
@@ -445,9 +445,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     where = _context_name(args.kubeconfig, args.context)
     try:
-        kube = Kube(args.kubeconfig, args.context)
+        kube = Kube(args.kubeconfig, args.context, option="--kubeconfig")
         kube.server_version()  # unreachable clusters fail here, in one line
         imported = Importer(kube, list(dict.fromkeys(names)), where).run()
+    except KubeconfigError as exc:
+        print(f"error: {exc.problem}\n    fix: {exc.fix}", file=sys.stderr)
+        return 1
     except BackendError as exc:
         text = str(exc)
         fix = "" if "\n    fix:" in text else (

@@ -328,6 +328,7 @@ class Scenario:
     expectations: tuple[Expectation, ...] = ()
     derived: bool = False
     warnings: tuple[Diagnostic, ...] = ()
+    expected_warnings: tuple[Diagnostic, ...] = ()  # the traps the scenario shows on purpose (expectWarnings)
     steps: tuple[Step, ...] = ()  # a scenario with steps probes each step's state, not its own policies
     step: str = ""  # a scenario at one of its steps (``at``): the step's name; ``name`` is then "<scenario>/<step>"
 

@@ -73,16 +73,6 @@ class Prediction:
     client: ClientDecision
     request: Request = field(default_factory=Request)
 
-    def as_row(self) -> dict[str, Any]:
-        """The public JSON shape of ``predict --json``."""
-        return {
-            "from": self.source.ref,
-            "to": self.target.ref,
-            "port": self.port.port,
-            "result": self.result.value,
-            "reason": self.reason,
-        }
-
 
 # --------------------------------------------------------------------------- server side (P rules)
 
@@ -515,7 +505,8 @@ def predict(scenario: Scenario, source: Workload, target: Workload, port: Port,
 
 
 def predict_all(scenario: Scenario) -> list[Prediction]:
-    """Every workload × every server port, in topology order (the ``predict`` truth table)."""
+    """Every workload × every server port, in topology order (self-calls included): the fixture's default pairs and
+    the backends' confirmation sweep; ``predict`` shows a scenario's own rows (or its derived ones) instead."""
     return [
         predict(scenario, source, target, port)
         for source in scenario.topology.workloads

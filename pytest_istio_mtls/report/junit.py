@@ -1,9 +1,10 @@
 """What a scenario item leaves in ``--junitxml``: a few short properties, and a classname CI tools can group.
 
 The evidence itself is in report.json/html (``--istio-report``); a testcase names where, instead of
-carrying kilobytes of JSON per row. pytest turns a node id's path into a dotted classname
-(``scenarios/03-ns.yaml::ns-strict::…`` → ``scenarios.03-ns.yaml.ns-strict``), and Jenkins and GitLab
-split classnames at every dot into packages, so dots inside names are replaced.
+carrying kilobytes of JSON per row. Its ``time`` is its share of its batch's time (the plugin adds it to the
+item's setup), and three properties say what that batch took, phase by phase. pytest turns a node id's path
+into a dotted classname (``scenarios/03-ns.yaml::ns-strict::…`` → ``scenarios.03-ns.yaml.ns-strict``), and
+Jenkins and GitLab split classnames at every dot into packages, so dots inside names are replaced.
 """
 
 from __future__ import annotations
@@ -31,13 +32,25 @@ def classname(nodeid: str) -> str:
     return ".".join(part.replace(".", "_") for part in parts if part)
 
 
+def batch_properties(outcome: Outcome) -> list[tuple[str, str]]:
+    """The batch the row was probed in (its scenario, or its step): seconds, rows sharing them, and seconds per
+    phase as ``deploy=2.000 apply=1.000 ...``; none when nothing was deployed for the row."""
+    batch = outcome.batch
+    if batch is None:
+        return []
+    phases = " ".join(f"{name}={seconds:.3f}" for name, seconds in batch.phases.items())
+    return [("istio_batch_seconds", f"{batch.seconds:.3f}"), ("istio_batch_rows", str(batch.rows)),
+            ("istio_batch_phases", phases)]
+
+
 def properties(outcome: Outcome, report_dir: Path | None, junit_file: str | None) -> list[tuple[str, str]]:
-    """expected, predicted (the oracle) and observed, plus where the row's evidence is when --istio-report is
-    on (report.html#row and the capture), as paths relative to the JUnit file's directory."""
+    """expected, predicted (the oracle) and observed, the batch's time, plus where the row's evidence is when
+    --istio-report is on (report.html#row and the capture), as paths relative to the JUnit file's directory."""
     found = [("istio_expected", outcome.expectation.result.value),
              ("istio_predicted", outcome.prediction.result.value)]
     if outcome.observed is not None:
         found.append(("istio_observed", outcome.observed.value))
+    found += batch_properties(outcome)
     if report_dir is None:
         return found
     base = Path(junit_file).resolve().parent if junit_file else Path.cwd()

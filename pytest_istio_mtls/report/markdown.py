@@ -1,7 +1,8 @@
 """report.md: the truth tables as GitHub-flavoured Markdown, sized for ``$GITHUB_STEP_SUMMARY``.
 
 A scenario with steps shows each step's table, the policies it changed and the results that changed from
-the step before.
+the step before. Each scenario (and step) says how long it took, phase by phase, and a table at the end lists
+the scenarios slowest first.
 
 GitHub rejects a step summary over 1 MiB, so the output is kept under ``CAP_BYTES``: the tables
 always fit, and the list of wrong/errored rows is cut (saying how many were left out) when the
@@ -14,7 +15,7 @@ import re
 from urllib.parse import quote
 
 from ..model.diagnostics import plural
-from .model import Report, Row, ScenarioReport, StepReport, capture_path, row_anchor
+from .model import PHASES, Report, Row, ScenarioReport, StepReport, capture_path, phases_total, row_anchor
 from .terminal import (
     cell_text,
     disagrees,
@@ -125,6 +126,35 @@ def _index(report: Report, shown: set[int], predict: bool) -> list[str]:
     return [f"## {'Disagreements' if predict else 'Failures'}", "", *listed, ""]
 
 
+def _phases(phases: dict[str, float]) -> str:
+    """``deploy 2.0 s · apply 1.0 s · …`` in the order they run (a phase the batch never reached is left out)."""
+    order = [*PHASES, *sorted(set(phases) - set(PHASES))]
+    return " · ".join(f"{name} {duration_text(phases[name])}" for name in order if name in phases)
+
+
+def _time(phases: dict[str, float]) -> list[str]:
+    """The ``Time:`` line of a scenario or step ([] when nothing was deployed for it)."""
+    total = phases_total(phases)
+    return [] if total is None else [f"Time: {duration_text(total)} ({_phases(phases)})", ""]
+
+
+def _slowest(report: Report) -> list[str]:
+    """Every timed scenario, slowest first, with its phases as columns: where a CI run's time went."""
+    timed = sorted((s for s in report.scenarios if s.phases), key=lambda s: -(phases_total(s.phases) or 0.0))
+    if not timed:
+        return []
+    phases = [p for p in PHASES if any(p in s.phases for s in timed)]
+    start = ([f"The backend took {duration_text(report.start_s)} to start, before the first scenario.", ""]
+             if report.start_s is not None else [])
+    lines = ["## Time per scenario", "", *start, "| scenario | rows | time | " + " | ".join(phases) + " |",
+             "|---" * (len(phases) + 3) + "|"]
+    for scenario in timed:
+        cells = [duration_text(scenario.phases[p]) if p in scenario.phases else "·" for p in phases]
+        lines.append(f"| {_md(scenario.name)} | {len(scenario.rows)} | "
+                     f"{duration_text(phases_total(scenario.phases) or 0.0)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _head(report: Report) -> list[str]:
     versions = "".join(f" · {_md(key)} {_md(value)}" for key, value in report.versions.items())
     if is_prediction(report):
@@ -140,7 +170,8 @@ def _head(report: Report) -> list[str]:
     return [
         "# Istio mTLS report", "",
         f"**backend** {_md(report.backend)}{versions} · started {_md(report.started)} · "
-        f"took {duration_text(report.duration_s)}", "",
+        f"took {duration_text(report.duration_s)}"
+        + (f" (backend start {duration_text(report.start_s)})" if report.start_s is not None else ""), "",
         _counts(report.counts()) + scenario_errors, "",
     ]
 
@@ -150,6 +181,7 @@ def _section(scenario: ScenarioReport, predict: bool) -> list[str]:
     if scenario.description:
         lines += [_md(scenario.description.strip()), ""]
     if scenario.steps:
+        lines += _time(scenario.phases)
         return lines + [line for step in scenario.steps for line in _step(scenario, step, predict)]
     if scenario.policies:
         lines += ["Policies: " + ", ".join(_md(policy) for policy in scenario.policies), ""]
@@ -158,7 +190,7 @@ def _section(scenario: ScenarioReport, predict: bool) -> list[str]:
     if scenario.rows:
         lines += [*_table(scenario.rows), ""]
     lines += [predicted_counts(scenario.rows) if predict else _counts(scenario.counts()), ""]
-    return lines
+    return lines + _time(scenario.phases)
 
 
 def _step(scenario: ScenarioReport, step: StepReport, predict: bool) -> list[str]:
@@ -175,6 +207,7 @@ def _step(scenario: ScenarioReport, step: StepReport, predict: bool) -> list[str
     if rows:
         lines += [*_table(rows), ""]
     lines += [predicted_counts(rows) if predict else _counts(scenario.counts(step.name)), ""]
+    lines += _time(step.phases)
     compared = step_changes(scenario, step)
     if compared is not None:
         previous, changed = compared
@@ -200,10 +233,11 @@ def render_markdown(report: Report) -> str:
     """The Markdown report; the details list is cut to keep the whole under ``CAP_BYTES``."""
     predict = is_prediction(report)
     head = _head(report)
+    slowest = _slowest(report)
     sections = [(_section(s, predict), _details(s), _warnings(s)) for s in report.scenarios]
     index_size = _size(_index(report, {id(row) for _, items, _ in sections for row, _ in items}, predict))
-    fixed = _size(head) + index_size + sum(_size(top) + _size(tail) + _size(_details_heading(predict)) + 200
-                                           for top, _, tail in sections)
+    fixed = _size(head) + _size(slowest) + index_size + sum(
+        _size(top) + _size(tail) + _size(_details_heading(predict)) + 200 for top, _, tail in sections)
     budget = CAP_BYTES - fixed
     body: list[str] = []
     shown: set[int] = set()
@@ -226,7 +260,7 @@ def render_markdown(report: Report) -> str:
                 body += [f"_… {plural(len(items) - count, 'more row')} not shown: report.md is kept under "
                          f"{CAP_BYTES // 1024} KiB for GitHub's step summary; see report.html or report.json._", ""]
         body += tail
-    out = [*head, *_index(report, shown, predict), *body]
+    out = [*head, *_index(report, shown, predict), *body, *slowest]
     return _cap("\n".join(out).rstrip("\n") + "\n")
 
 

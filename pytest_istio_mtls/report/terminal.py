@@ -88,7 +88,7 @@ def disagrees(row: Row) -> bool:
 
 def expected_text(row: Row) -> str:
     """The expectation, with its HTTP status when the scenario pins one (else a status-only mismatch
-    would read ``mtls (exp mtls)``). A Python test's probe has none: the test's assertions judge it."""
+    would read ``mtls (exp mtls)``). A Python test's probe has one when its test compared it with ``==``."""
     if row.expected is None:
         return "what the test asserts"
     status = f" HTTP {row.expected_http_status}" if row.expected_http_status is not None else ""
@@ -121,12 +121,12 @@ def clip(text: str, limit: int = MAX_LINE) -> str:
 
 
 def predicted_counts(rows: list[Row]) -> str:
-    """``N pairs: N mtls, N plaintext, ...`` with only the results that occur."""
+    """``N rows: N mtls, N plaintext, ...`` with only the results that occur (a pair may have several requests)."""
     counts = Counter(row.predicted for row in rows)
     rank = {result: index for index, result in enumerate(PREDICTED_ORDER)}
     order = sorted(counts, key=lambda result: rank.get(result, len(rank)))
     parts = ", ".join(f"{counts[result]} {result}" for result in order)
-    return plural(len(rows), "pair") + (f": {parts}" if parts else "")
+    return plural(len(rows), "row") + (f": {parts}" if parts else "")
 
 
 def duration_text(seconds: float) -> str:
@@ -137,8 +137,10 @@ def duration_text(seconds: float) -> str:
 
 
 def run_counts(counts: dict[str, int]) -> str:
-    """pytest's passed, failed and errors for scenario rows (and ``, N not run``: skipped or never reached)."""
+    """pytest's passed, failed and errors for scenario rows (and ``, N not run``: skipped or never reached;
+    ``, N not asserted``: probes of Python tests whose result the test never compared)."""
     text = f"{counts['correct']} correct, {counts['wrong']} wrong, {plural(counts['error'], 'error')}"
+    text += f", {counts['not asserted']} not asserted" if counts.get("not asserted") else ""
     return text + (f", {counts['not run']} not run" if counts.get("not run") else "")
 
 
@@ -153,24 +155,32 @@ def cell_text(row: Row, marks: Mapping[str, str] = MARKS, *, terse: bool = False
         return prefix + row.predicted + (" *" if terse else f" (exp {row.expected})")
     if row.status == "correct":
         return f"{prefix}{marks['correct']} {observed_text(row)}"
-    if row.status == "wrong":
-        expected = "test failed" if row.expected is None else f"exp {expected_text(row)}"
+    if row.status == "wrong":  # a Python test's probe asserted otherwise than == names no expectation
+        expected = "assert failed" if row.expected is None else f"exp {expected_text(row)}"
         return f"{prefix}{marks['wrong']} {observed_text(row)} ({expected})"
     if row.status == "not run":
         return f"{prefix}not run"
+    if row.status == "not asserted":
+        return f"{prefix}{observed_text(row)} (not asserted)"
     return f"{prefix}{marks['error']} error (exp {expected_text(row)})"
 
 
 def _table(rows: list[Row]) -> list[str]:
+    """The grid; a cell with several requests puts each on a line of its own, so a table is as wide as its widest
+    request, not as all of a cell's requests side by side (an authz scenario's table was ~190 columns)."""
     grid = matrix(rows)
-    lines = [["", *grid.columns]]
+    table: list[list[list[str]]] = [[[""], *([column] for column in grid.columns)]]
     for client in grid.clients:
-        cells = [" / ".join(cell_text(row, terse=True) for row in grid.cells.get((client, column), [])) or NO_ROW
+        cells = [[cell_text(row, terse=True) for row in grid.cells.get((client, column), [])] or [NO_ROW]
                  for column in grid.columns]
-        lines.append([client, *cells])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return ["  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
-            for line in lines]
+        table.append([[client], *cells])
+    widths = [max(len(text) for line in table for text in line[i]) for i in range(len(table[0]))]
+    lines = []
+    for line in table:
+        for depth in range(max(len(cell) for cell in line)):
+            texts = [cell[depth] if depth < len(cell) else "" for cell in line]
+            lines.append("  ".join(text.ljust(width) for text, width in zip(texts, widths, strict=True)).rstrip())
+    return lines
 
 
 def _problems(rows: list[Row]) -> list[str]:

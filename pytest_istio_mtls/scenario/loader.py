@@ -33,7 +33,8 @@ from .rows import derive_rows, read_expectations
 from .topology import TopologyReader, read_mesh
 from .yamlpos import Located, block_scalar_offset, load_all, load_one
 
-TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect", "steps")
+TOP_KEYS = ("name", "description", "mesh", "topology", "policies", "policyFiles", "expect", "steps",
+            "expectWarnings")
 STEP_KEYS = ("name", "description", "policies", "remove", "expect")
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 POLICY_FILE_SUFFIXES = (".yaml", ".yml", ".json")  # what kubectl apply -f DIR reads
@@ -137,7 +138,28 @@ class _Loader:
         self.fail_if_errors()
         warnings = tuple(sorted(dict.fromkeys(d for d in self.diagnostics if d.severity == "warning"),
                                 key=lambda d: d.mark))
-        return dataclasses.replace(scenario, warnings=warnings)
+        expected = self._expected_warnings(check, data.get("expectWarnings"), warnings)
+        self.fail_if_errors()
+        return dataclasses.replace(scenario, warnings=tuple(w for w in warnings if w not in expected),
+                                   expected_warnings=tuple(w for w in warnings if w in expected))
+
+    @staticmethod
+    def _expected_warnings(check: Checker, raw: Any, warnings: tuple[Diagnostic, ...]) -> set[Diagnostic]:
+        """The warnings ``expectWarnings`` names (each entry a part of a warning's text): a library scenario that
+        shows a trap on purpose says so, and an entry that matches nothing is an error (the trap is gone)."""
+        if raw is None or not check.is_list(("expectWarnings",), raw, "expectWarnings"):
+            return set()
+        matched: set[Diagnostic] = set()
+        for index, text in enumerate(raw):
+            if not check.text(("expectWarnings", index), text, "an expectWarnings entry"):
+                continue
+            found = [w for w in warnings if text in w.message]
+            if not found:
+                check.error(("expectWarnings", index), f"expectWarnings entry {text!r} matches no warning of this "
+                            "scenario", "remove it, or restore the trap it names (each entry is part of a warning's "
+                            "text, as `pytest-istio-mtls validate` prints it)")
+            matched.update(found)
+        return matched
 
     # -- steps --------------------------------------------------------------------------------------
 

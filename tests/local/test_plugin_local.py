@@ -383,8 +383,8 @@ def test_keep_on_failure_keeps_the_first_failing_scenario(pytester: pytest.Pytes
 
 
 def test_fixture_probes_are_rows_of_the_report(pytester: pytest.Pytester) -> None:
-    """--istio-report with the Python fixtures: each test's probes are a scenario named after the test,
-    judged by the test's outcome."""
+    """--istio-report with the Python fixtures: each test's probes are a scenario named after the test, each row
+    judged by what the test asserted about that probe."""
     (pytester.path / "test_mesh.py").write_text(f'''STRICT = """{STRICT_APP}"""
 
 
@@ -408,16 +408,16 @@ def test_wrong_guess(istio_probe):
         "",
         "test_wrong_guess  (test_mesh.py)",
         "                  backend.app:8080",
-        "plaintext.legacy  ✗ plaintext (test failed)",
+        "plaintext.legacy  ✗ plaintext (exp mtls)",
         "0 correct, 1 wrong, 0 errors",
-        "  ✗ plaintext.legacy->backend.app:8080 expected what the test asserts, observed plaintext",
+        "  ✗ plaintext.legacy->backend.app:8080 expected mtls, observed plaintext",
     ], consecutive=True)
     report = json.loads((pytester.path / "report" / "report.json").read_text())
     assert [(s["name"], s["policies"], [r["status"] for r in s["rows"]]) for s in report["scenarios"]] == [
         ("test_strict", ["PeerAuthentication app/default"], ["correct", "correct"]),
         ("test_wrong_guess", [], ["wrong"])]
     assert report["scenarios"][1]["rows"][0]["message"].startswith(
-        "plaintext.legacy->backend.app:8080 in test test_wrong_guess\n  test_wrong_guess failed: ")
+        "plaintext.legacy->backend.app:8080 in test test_wrong_guess\n  expected: mtls\n  observed: plaintext")
     assert (pytester.path / "report" / "report.html").is_file() and (pytester.path / "report" / "report.md").is_file()
 
 

@@ -6,15 +6,18 @@ block must be the one ``run.Outcome.message`` writes for a failing scenario item
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import pytest_istio_mtls
 from pytest_istio_mtls.judge.observation import Observation, Probe
 from pytest_istio_mtls.judge.verdict import decide
-from pytest_istio_mtls.mesh import Mesh, ProbeResult, assertrepr_compare
-from pytest_istio_mtls.model import Expectation, MeshSettings, Namespace, Result, Scenario, Topology
+from pytest_istio_mtls.mesh import Assertion, Mesh, ProbeResult, assertrepr_compare
+from pytest_istio_mtls.model import Expectation, MeshSettings, Namespace, Request, Result, Scenario, Topology
 from pytest_istio_mtls.oracle.mtls import predict
 from pytest_istio_mtls.run import Outcome
 from pytest_istio_mtls.scenario.loader import load_policies
@@ -86,7 +89,7 @@ def test_an_unproven_result_shows_why_nothing_was_proven() -> None:
 def test_the_hook_names_the_other_probe_when_a_later_one_was_read() -> None:
     """Two probes: the block is the one of the probe whose .result was read last, not a guess by value."""
     first, second = judged(refused()), judged(strip(refused(), error="timeout"))
-    assert first.result is Result.REFUSED
+    assert first.result == Result.REFUSED
     lines = assertrepr_compare("==", second.result, "refused")
     assert lines is not None and lines[3].startswith("  observed: ERROR: timed out")
     assert assertrepr_compare("==", Result.REFUSED, "plaintext") is None  # not what was read last
@@ -119,6 +122,36 @@ def test_a_misspelled_or_coarse_result_name_gets_a_note() -> None:
         "('mtls', 'plaintext')")
 
 
+ANSWERS = {"curl.foo": mtls, "curl.legacy": refused}  # client → what the mesh does to its probe of httpbin.foo
+
+
+class Recorded:
+    """A backend that answers each probe with the recorded observation of its client, as the probe asked it."""
+
+    name = "recorded"
+
+    def __init__(self) -> None:
+        self.probes: list[Probe] = []
+
+    def deploy(self, topology: Topology, mesh: MeshSettings) -> None:
+        pass
+
+    def apply(self, scenario: Scenario) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def probe(self, probes: Sequence[Probe]) -> list[Observation]:
+        self.probes += probes
+        answers = []
+        for probe in probes:
+            observation = ANSWERS[probe.source.ref]()
+            answers.append(dataclasses.replace(
+                observation, probe=dataclasses.replace(observation.probe, request=probe.request)))
+        return answers
+
+
 class Unused:
     """A backend stand-in for name resolution only: deploying is a no-op and probing must never happen."""
 
@@ -147,3 +180,86 @@ def test_a_wrong_name_fails_the_test_in_one_line_at_the_caller(source: str, targ
         mesh.probe(source, target)
     assert str(failed.value) == f"tests/unit/test_fixtures_api.py:{failed.tb.tb_lineno}: {message}"
     assert not failed.value.pytrace
+
+
+POST = Request(method="POST", path="/post", headers={"x-team": "shop"}, body="hi")
+FORMS = ("request={'method': 'POST', 'path': '/post'}, request=Request(method='POST', path='/post'), or the "
+         "keywords method=, path=, headers=, body=, tls=")
+
+
+@pytest.mark.parametrize("given", [
+    {"method": "POST", "path": "/post", "headers": {"x-team": "shop"}, "body": "hi"},
+    {"request": {"method": "post", "path": "/post", "headers": {"x-team": "shop"}, "body": "hi"}},
+    {"request": POST},
+], ids=["keywords", "mapping", "Request"])
+def test_a_request_is_given_as_keywords_a_mapping_or_a_request(given: dict[str, Any]) -> None:
+    """The natural forms all send the same request, read like a scenario row's `request:` (the method upper-cased)."""
+    backend = Recorded()
+    result = Mesh(backend, TOPOLOGY).probe("curl.foo", "httpbin.foo:8000", **given)  # type: ignore[arg-type]
+    assert backend.probes[-1].request == POST
+    assert result.pair == "curl.foo->httpbin.foo:8000:POST:/post"
+    assert result.result == "mtls"
+
+
+@pytest.mark.parametrize("given", [{"tls": "no-cert"}, {"request": {"tls": "no-cert"}},
+                                   {"request": Request(tls="no-cert")}], ids=["keyword", "mapping", "Request"])
+def test_a_client_without_a_sidecar_speaks_tls_itself(given: dict[str, Any]) -> None:
+    backend = Recorded()
+    result = Mesh(backend, TOPOLOGY).probe("curl.legacy", "httpbin.foo:8000", **given)  # type: ignore[arg-type]
+    assert backend.probes[-1].request == Request(tls="no-cert")
+    assert result.pair == "curl.legacy+tls-no-cert->httpbin.foo:8000"
+
+
+@pytest.mark.parametrize(("source", "target", "given", "message"), [
+    ("curl.foo", "httpbin.foo:8000", {"request": "POST /post"},
+     f"request must be a Request, a mapping (a scenario row's request:) or None, not text 'POST /post' (fix: write "
+     f"{FORMS})"),
+    ("curl.foo", "httpbin.foo:8000", {"methd": "POST"},
+     f"unknown argument methd=; did you mean 'method'? (fix: {FORMS})"),
+    ("curl.foo", "httpbin.foo:8000", {"request": {"method": "POST"}, "path": "/post"},
+     f"the request is given twice: as request= and as path= (fix: give one of {FORMS})"),
+    ("curl.foo", "httpbin.foo:8000", {"request": {"methd": "POST"}},
+     "unknown key 'methd' in request; did you mean 'method'? (fix: allowed keys: method, path, headers, body, tls)"),
+    ("curl.foo", "httpbin.foo:8000", {"method": "PO ST", "path": "post"},
+     "'PO ST' is not an HTTP method (fix: use e.g. GET, POST, PUT); request.path 'post' must start with '/' "
+     "(fix: write /post)"),
+    ("curl.foo", "httpbin.foo:8000", {"headers": {"x-istio-mtls-probe": "1"}},
+     "header 'x-istio-mtls-probe' is set by the tool on every probe (fix: use another header name)"),
+    ("curl.foo", "httpbin.foo:8000", {"request": Request(body=3)},  # type: ignore[arg-type]
+     "request.body must be text, not a number (fix: quote it or use a block scalar (body: |))"),
+    ("curl.foo", "httpbin.foo:9000", {"method": "POST"},
+     "a request applies to http ports only; port 9000 is tcp (fix: drop 'request' (tcp probes send a marker line "
+     "and expect it echoed))"),
+    ("curl.legacy", "httpbin.foo:8000", {"tls": "nocert"},
+     "invalid tls 'nocert'; did you mean 'no-cert'? (fix: use one of no-cert, foreign-cert, mesh-cert)"),
+    ("curl.foo", "httpbin.foo:8000", {"request": {"tls": "no-cert"}},
+     "curl.foo has a sidecar, which carries its connections: a client that speaks TLS itself is a workload without "
+     "a sidecar (fix: use a client with sidecar: false (e.g. in a namespace with sidecars: false))"),
+], ids=["type", "keyword", "twice", "key", "method-and-path", "marker-header", "body", "tcp", "tls", "tls-sidecar"])
+def test_a_wrong_request_fails_the_test_in_one_line_before_anything_is_probed(
+        source: str, target: str, given: dict[str, Any], message: str) -> None:
+    """The scenario reader's own messages, at the caller's line, never an error from inside the backend."""
+    mesh = Mesh(Unused(), TOPOLOGY)  # type: ignore[arg-type]
+    with pytest.raises(pytest.fail.Exception) as failed:
+        mesh.probe(source, target, **given)
+    assert str(failed.value) == f"tests/unit/test_fixtures_api.py:{failed.tb.tb_lineno}: {message}"
+    assert not failed.value.pytrace
+
+
+def test_the_api_the_fixture_names_is_importable_from_the_package() -> None:
+    assert pytest_istio_mtls.Request is Request
+    assert pytest_istio_mtls.ProbeResult is ProbeResult
+    assert {"Request", "ProbeResult"} <= set(pytest_istio_mtls.__all__)
+
+
+def test_a_result_compares_like_its_name_and_copies_as_a_plain_result() -> None:
+    """`.result` is the name (`== "mtls"`, in a set, formatted); a lookup or a copy of it asserts nothing."""
+    probe = judged(mtls())
+    observed = probe.result
+    assert observed is not None
+    assert {"mtls": 1}[observed] == 1 and Result(observed) is Result.MTLS and f"{observed}" == "mtls"
+    assert (observed.value, observed.name, repr(observed), dataclasses.replace(probe).assertion) == (
+        "mtls", "MTLS", "'mtls'", None)
+    assert probe.assertion is None  # nothing above compared it in an assert-like way
+    assert observed == "mtls"
+    assert probe.assertion == Assertion(True, "== 'mtls'", Result.MTLS)

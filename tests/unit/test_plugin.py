@@ -176,9 +176,8 @@ def test_existing_backend_without_kubeconfig_stops_once_with_the_fix(scenarios: 
     monkeypatch.delenv("KUBECONFIG", raising=False)
     result = scenarios.runpytest("--istio-scenarios", "--istio-backend=existing", "-q")
     result.stdout.fnmatch_lines([
-        "! istio-mtls: the existing backend cannot run here: cannot use the default kubeconfig: Invalid kube-config "
-        "file. No configuration found.; fix: point --istio-kubeconfig (or KUBECONFIG) and --istio-context at a "
-        "cluster that runs Istio, or use --istio-backend=kind (creates one) or --istio-backend=local (no cluster) !",
+        f"! istio-mtls: the existing backend cannot run here: no kubeconfig at {scenarios.path}/.kube/config "
+        "(KUBECONFIG unset); fix: pass --istio-kubeconfig FILE or set KUBECONFIG*--istio-backend=local (no cluster) !",
         "no tests ran in *"], consecutive=True)
     assert result.stdout.str().count("cannot run here") == 1
     assert result.ret == pytest.ExitCode.USAGE_ERROR

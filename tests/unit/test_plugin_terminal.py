@@ -15,8 +15,9 @@ SCHEMA = json.loads((files("pytest_istio_mtls.report") / "report.schema.json").r
 
 
 def row(status: str, source: str = "frontend.app", expected: str | None = "mtls", **fields: object) -> Row:
+    fields.setdefault("observed", "mtls" if status in ("correct", "wrong") else None)
     return Row(source, "backend.app", 8080, "mtls", "STRICT", status, expected=expected,  # type: ignore[arg-type]
-               observed="mtls" if status in ("correct", "wrong") else None, **fields)  # type: ignore[arg-type]
+               **fields)  # type: ignore[arg-type]
 
 
 def test_interrupted_run_counts_rows_not_run() -> None:
@@ -51,17 +52,26 @@ def test_interrupted_run_counts_rows_not_run() -> None:
     assert report_from_json(data).interrupted
 
 
-def test_rows_of_a_python_test_have_no_expectation() -> None:
-    """A probe made through `istio_probe` is judged by its test: `(test failed)`, not `(exp None)`."""
+def test_rows_of_a_python_test_say_what_their_own_assertion_concluded() -> None:
+    """A probe made through `istio_probe` is judged by the comparison of its result: `(exp X)` for `== X`,
+    `(assert failed)` for another comparison (not `(exp None)`), and `not asserted` when never compared."""
     scenario = ScenarioReport("test_strict", "test_mesh.py", rows=[
-        row("correct", expected=None), row("wrong", "plaintext.legacy", expected=None, request="POST /post",
-                                           message="test_strict failed: assert 'mtls' == 'refused'")])
+        row("correct", expected=None),
+        row("wrong", "plaintext.legacy", expected=None, request="POST /post",
+            message="plaintext.legacy->backend.app:8080:POST:/post in test test_strict\n  asserted: .result != 'mtls'"),
+        row("wrong", "legacy.legacy", expected="refused"),
+        row("not asserted", "curl.legacy", expected=None, observed="plaintext")])
     report = Report("local", [scenario])
     assert render(report) == (
         "test_strict  (test_mesh.py)\n"
         "                  backend.app:8080\n"
         "frontend.app      ✓ mtls\n"
-        "plaintext.legacy  POST /post: ✗ mtls (test failed)\n"
-        "1 correct, 1 wrong, 0 errors\n"
-        "  ✗ plaintext.legacy->backend.app:8080:POST:/post expected what the test asserts, observed mtls")
+        "plaintext.legacy  POST /post: ✗ mtls (assert failed)\n"
+        "legacy.legacy     ✗ mtls (exp refused)\n"
+        "curl.legacy       plaintext (not asserted)\n"
+        "1 correct, 2 wrong, 0 errors, 1 not asserted\n"
+        "  ✗ plaintext.legacy->backend.app:8080:POST:/post expected what the test asserts, observed mtls\n"
+        "  ✗ legacy.legacy->backend.app:8080 expected refused, observed mtls")
+    assert report.to_json()["counts"] == {"correct": 1, "wrong": 2, "error": 0, "predicted": 0, "not run": 0,
+                                          "not asserted": 1}
     jsonschema.validate(report.to_json(), SCHEMA)

@@ -8,6 +8,7 @@ so tests drive everything with replays of real API objects instead of a cluster.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import yaml
 
 from ..base import BackendError
 from .manifests import FIELD_MANAGER
@@ -51,6 +54,16 @@ class KubeError(BackendError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class KubeconfigError(BackendError):
+    """A kubeconfig that cannot be used, before any API call: ``problem`` names the file and what is wrong with it,
+    ``fix`` what to do; ``str()`` is both on one line. Callers with a fix of their own can print these apart."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; fix: {fix}")
+        self.problem = problem
+        self.fix = fix
 
 
 @dataclass
@@ -160,6 +173,87 @@ def parse_exec_status(raw: str) -> tuple[int | None, str]:
     return None, str(status.get("message") or raw).strip()
 
 
+KUBECONFIG_SHAPE = "YAML mapping with clusters, contexts, users expected"
+KUBECONFIG_LISTS = ("clusters", "contexts", "users")
+VIEW_HINT = "(`kubectl config view --raw` prints the one kubectl uses)"
+
+
+def kubeconfig_files(kubeconfig: Path | str | None, option: str = "--istio-kubeconfig") -> list[Path]:
+    """The kubeconfig files to merge, as kubectl picks them (``$KUBECONFIG`` read now, not when the client library
+    was imported), each checked to be a kubeconfig. The client library would report a missing file as "No
+    configuration found." and a file of text as "'str' object does not support item assignment": a KubeconfigError
+    names the file, what is wrong with it and the fix instead."""
+    env = os.environ.get("KUBECONFIG", "")
+    if kubeconfig:
+        listed, origin = str(kubeconfig), "argument"
+    elif env:
+        listed, origin = env, "KUBECONFIG"
+    else:
+        listed, origin = "~/.kube/config", "default"
+    paths = [Path(entry).expanduser() for entry in listed.split(os.pathsep) if entry]
+    files = [path for path in paths if path.exists()]
+    if not files:
+        where = " or ".join(map(str, paths))
+        if origin == "argument":
+            raise KubeconfigError(f"no kubeconfig at {where}: no such file", f"check the path given to {option}")
+        if origin == "KUBECONFIG":
+            raise KubeconfigError(f"no kubeconfig at {where} (KUBECONFIG={env})",
+                                  f"point KUBECONFIG at an existing file, or pass {option} FILE")
+        raise KubeconfigError(f"no kubeconfig at {where} (KUBECONFIG unset)", f"pass {option} FILE or set KUBECONFIG")
+    point = {"argument": option, "KUBECONFIG": "KUBECONFIG"}.get(origin, f"{option} or KUBECONFIG")
+    for path in files:
+        problem = _not_a_kubeconfig(path)
+        if problem:
+            raise KubeconfigError(problem, f"point {point} at your cluster's kubeconfig {VIEW_HINT}")
+    return files
+
+
+def _not_a_kubeconfig(path: Path) -> str:
+    """What makes ``path`` unusable as a kubeconfig, for people ('' when it looks like one)."""
+    if path.is_dir():
+        return f"{path} is a directory, not a kubeconfig file"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read the kubeconfig {path}: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"{path} is not a kubeconfig ({KUBECONFIG_SHAPE}): it is not text"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{path} is not a kubeconfig ({KUBECONFIG_SHAPE}): not YAML ({at}{getattr(exc, 'problem', '') or exc})"
+    what = ""
+    if data is None:
+        what = "it is empty"
+    elif isinstance(data, str):
+        what = f"it holds the text {data[:40] + '…' if len(data) > 40 else data!r}"
+    elif not isinstance(data, dict):
+        what = f"it holds {_a(data)}"
+    elif not data:
+        what = "it is an empty mapping"
+    elif not any(key in data for key in (*KUBECONFIG_LISTS, "current-context")):
+        what = f"it has none of {', '.join(KUBECONFIG_LISTS)} (its keys: {', '.join(map(str, list(data)[:5]))})"
+    else:
+        for key in KUBECONFIG_LISTS:
+            entries = data.get(key)
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                what = f"{key} is {_a(entries)}, not a list of named entries"
+                break
+            wrong = next((n for n, e in enumerate(entries, 1) if not isinstance(e, dict) or "name" not in e), None)
+            if wrong is not None:
+                what = f"{key} entry {wrong} is not a mapping with a name"
+                break
+    return f"{path} is not a kubeconfig ({KUBECONFIG_SHAPE}): {what}" if what else ""
+
+
+def _a(value: object) -> str:
+    """``a list``, ``a string``: a YAML value's kind, for people."""
+    names = {str: "a string", list: "a list", dict: "a mapping", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
 class _WebSocketStream:
     def __init__(self, ws: Any) -> None:
         self._ws = ws
@@ -183,15 +277,17 @@ class Kube:
     """``KubeApi`` on the official client (kubernetes < 37)."""
 
     def __init__(self, kubeconfig: Path | str | None, context: str | None = None,
-                 request_timeout: float = 30.0) -> None:
-        """``kubeconfig=None``: ``$KUBECONFIG`` (a path list is merged) else ``~/.kube/config``."""
+                 request_timeout: float = 30.0, *, option: str = "--istio-kubeconfig") -> None:
+        """``kubeconfig=None``: ``$KUBECONFIG`` (a path list is merged) else ``~/.kube/config``. ``option`` is
+        the caller's flag for a kubeconfig, named in the fix of a kubeconfig that cannot be used."""
         from kubernetes import client, config
 
+        files = kubeconfig_files(kubeconfig, option)
         try:
-            self.api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None,
+            self.api = config.new_client_from_config(config_file=os.pathsep.join(map(str, files)),
                                                      context=context, persist_config=False)
-        except (config.ConfigException, OSError, ValueError, TypeError) as exc:
-            where = str(kubeconfig) if kubeconfig else "the default kubeconfig"
+        except (config.ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            where = " and ".join(map(str, files))
             raise BackendError(f"cannot use {where}" + (f" (context {context})" if context else "")
                                + f": {exc}") from None
         # Reached through ``getattr(self, BUILTIN[kind][0])``: every API named in BUILTIN must exist here.

@@ -26,6 +26,7 @@ DOCKER_TIMEOUT = 15.0
 # and a working podman would be reported as unreachable.
 INFO_FORMATS = {"podman": "{{.Version.Version}}"}
 NO_DOCKER_HINT = "start Docker, or run without a cluster: --istio-backend=local"
+FIRST_LINE = 80  # a foreign `docker`'s first line is shown up to here, never its whole dump
 
 
 def check_docker(env: Mapping[str, str] | None = None, which: Callable[[str], str | None] = shutil.which,
@@ -48,10 +49,31 @@ def check_docker(env: Mapping[str, str] | None = None, which: Callable[[str], st
         raise BackendUnavailable(f"the kind backend needs Docker, but `{provider}` cannot run ({exc}); "
                                  f"{NO_DOCKER_HINT}") from None
     if done.returncode != 0:
-        reason = next((line.strip() for line in (done.stderr or done.stdout).splitlines()
+        output = done.stderr or done.stdout or ""
+        if not _answers_like(provider, done.returncode, output):
+            first = next((line.strip() for line in output.splitlines() if line.strip()), "")
+            if len(first) > FIRST_LINE:
+                first = first[:FIRST_LINE].rsplit(" ", 1)[0] + "…"
+            shown = f"; first line: {first}" if first else ""
+            raise BackendUnavailable(
+                f"the kind backend needs Docker, but {binary} did not answer `{provider} info` like "
+                f"{'Docker' if provider == 'docker' else provider} does (exit {done.returncode}{shown}); fix: put "
+                + ("Docker's own `docker` first on PATH (for podman: KIND_EXPERIMENTAL_PROVIDER=podman)"
+                   if provider == "docker" else f"{provider}'s own `{provider}` first on PATH")
+                + ", or run without a cluster: --istio-backend=local")
+        reason = next((line.strip() for line in output.splitlines()
                        if line.strip() and not line.startswith(("Client", " "))), f"exit {done.returncode}")
         raise BackendUnavailable(f"the kind backend needs Docker, but the Docker daemon is not reachable ({reason}); "
                                  f"{NO_DOCKER_HINT}")
+
+
+def _answers_like(provider: str, code: int, output: str) -> bool:
+    """Whether a failed ``info`` came from the real CLI (its daemon is down or refuses us) rather than from another
+    program of that name: Docker's CLI exits 1 with a sentence, while a Go panic exits 2 with a goroutine dump and
+    podman's ``docker`` shim exits 125 on Docker's template (podman itself exits 125 on every error)."""
+    if any(line.startswith(("panic:", "goroutine ")) for line in output.splitlines()):
+        return False
+    return provider != "docker" or code == 1
 
 
 def _docker(*args: str, env: Mapping[str, str] | None = None, run: Run = subprocess.run) -> tuple[int, str]:

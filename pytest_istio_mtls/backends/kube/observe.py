@@ -211,6 +211,12 @@ class Observer:
                 if i in denied and not probe.source.sidecar and isinstance(reading, Reading) and \
                         reading.client is not None and not self._server_entries(probe, logs, reading.client):
                     return False  # written when the server closes the connection, flushed on its own timer
+                if not probe.source.sidecar and probe.port.protocol == "tcp" and probe.target.sidecar and \
+                        probe.target.ref in logs and isinstance(reading, Reading) and reading.echoed and \
+                        reading.client is not None and not self._server_entries(probe, logs, reading.client):
+                    # A TCP peer identity (a client speaking TLS with a mesh certificate) is only in the server's
+                    # entry, written when the connection closes: without waiting, mtls is unproven now and then.
+                    return False
                 if not (probe.source.sidecar and probe.source.ref in logs and isinstance(reading, Reading)):
                     continue
                 entries = self._client_entries(probe, logs, reading)

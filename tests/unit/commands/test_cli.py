@@ -117,20 +117,19 @@ def test_the_builtin_library_by_name(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_predict_json_is_exactly_the_public_shape(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """predict --json prints one line {scenario, rows[{from,to,port,result,reason}]} per scenario, for every
-    workload × server port."""
+    """predict --json prints one line {scenario, rows[{from,to,port,request,expected,result,reason}]} per scenario,
+    for every row the scenario would run."""
     (here / "a.yaml").write_text(DOCS_STYLE)
     code, out, _ = run(capsys, "predict", "a.yaml", "--json")
     assert code == 0
     data = json.loads(out)
     assert set(data) == {"scenario", "rows"}
     assert data["scenario"] == "foo-strict"
-    assert all(set(row) == {"from", "to", "port", "result", "reason"} for row in data["rows"])
-    cells = {(r["from"], r["to"], r["port"]): r["result"] for r in data["rows"]}
+    assert all(set(row) == {"from", "to", "port", "request", "expected", "result", "reason"} for row in data["rows"])
+    cells = {(r["from"], r["to"], r["port"], r["request"]): (r["expected"], r["result"]) for r in data["rows"]}
     assert cells == {
-        ("httpbin.foo", "httpbin.foo", 8000): "mtls",
-        ("curl.foo", "httpbin.foo", 8000): "mtls",
-        ("curl.legacy", "httpbin.foo", 8000): "refused",
+        ("curl.foo", "httpbin.foo", 8000, None): ("mtls", "mtls"),
+        ("curl.legacy", "httpbin.foo", 8000, None): ("refused", "refused"),
     }
     refused = next(r for r in data["rows"] if r["from"] == "curl.legacy")
     assert refused["reason"].startswith("httpbin.foo:8000 (container port 8080) is STRICT by PeerAuthentication "
@@ -148,16 +147,14 @@ def test_predict_takes_several_files_and_directories(here: Path, capsys: pytest.
         "\n"
         "foo-strict  (mesh/a.yaml)\n"
         "             httpbin.foo:8000\n"
-        "httpbin.foo  mtls\n"
         "curl.foo     mtls\n"
         "curl.legacy  refused\n"
-        "3 pairs: 2 mtls, 1 refused\n"
+        "2 rows: 1 mtls, 1 refused\n"
         "\n"
         "envoyfilter  (ef.yaml)\n"
-        "             httpbin.foo:8000\n"
-        "httpbin.foo  unknown\n"
-        "curl.foo     unknown\n"
-        "2 pairs: 2 unknown\n"), "")
+        "          httpbin.foo:8000\n"
+        "curl.foo  unknown\n"
+        "1 row: 1 unknown\n"), "")
     code, out, _ = run(capsys, "predict", "mesh", "ef.yaml", "--json")
     assert code == 0
     assert [json.loads(line)["scenario"] for line in out.splitlines()] == ["foo-strict", "envoyfilter"]

@@ -73,7 +73,7 @@ def test_text_lists_each_changed_row_and_exits_1(reports: tuple[str, str], capsy
         "  curl.foo->tcp.foo:9000                 mtls → error, correct → error",
         "  curl.legacy->db.foo:5432               added: refused (correct)",
         "  curl.foo->db.foo:5432                  removed (was mtls, correct)",
-        "5 rows changed (2 result, 1 status, 1 added, 1 removed), 2 unchanged",
+        "5 rows changed (2 results, 1 outcome, 1 added, 1 removed), 2 unchanged",
     ]
 
 
@@ -85,12 +85,13 @@ def test_markdown_is_a_table_for_the_step_summary(reports: tuple[str, str],
         "| scenario | row | last-night/report.json | tonight/report.json | change |",
         "|---|---|---|---|---|",
         "| namespace-strict | curl.legacy->httpbin.foo:8000 | refused | plaintext | result: correct → wrong |",
-        "| namespace-strict | curl.foo->httpbin.foo:8000:POST:/post | plaintext | plaintext | status: correct → wrong |",
+        "| namespace-strict | curl.foo->httpbin.foo:8000:POST:/post | plaintext | plaintext | outcome: correct → wrong "
+        "(expected plaintext → mtls) |",
         "| namespace-strict | curl.foo->tcp.foo:9000 | mtls | error | result: correct → error |",
-        "| namespace-strict | curl.legacy->db.foo:5432 | absent | refused | added |",
-        "| namespace-strict | curl.foo->db.foo:5432 | mtls | absent | removed |",
+        "| namespace-strict | curl.legacy->db.foo:5432 | absent | refused | added (correct) |",
+        "| namespace-strict | curl.foo->db.foo:5432 | mtls | absent | removed (was correct) |",
         "",
-        "5 rows changed (2 result, 1 status, 1 added, 1 removed), 2 unchanged",
+        "5 rows changed (2 results, 1 outcome, 1 added, 1 removed), 2 unchanged",
     ]
 
 
@@ -100,7 +101,8 @@ def test_json_for_programs(reports: tuple[str, str], capsys: pytest.CaptureFixtu
     assert code == 1
     assert data["old"] == {"file": "last-night/report.json", "backend": "local", "versions": {"istio": "1.30.3"},
                            "started": "2026-08-28T03:23:00+00:00"}
-    assert data["counts"] == {"result": 2, "status": 1, "added": 1, "removed": 1, "unchanged": 2}
+    assert data["counts"] == {"result": 2, "outcome": 1, "added": 1, "removed": 1, "unchanged": 2}
+    assert (data["onlyInOld"], data["onlyInNew"]) == ([], [])
     assert data["changes"][0] == {
         "scenario": "namespace-strict", "row": "curl.legacy->httpbin.foo:8000", "change": "result",
         "old": {"result": "refused", "status": "correct", "expected": "refused"},
@@ -119,8 +121,8 @@ def test_the_same_report_twice_exits_0(reports: tuple[str, str], capsys: pytest.
 
 def test_predictions_compare_on_the_oracle_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """Two `predict --report` runs: the rows a relaxed policy changes, and only those (every client of
-    httpbin.foo without a sidecar: httpbin.legacy counts as a client in a prediction report too)."""
+    """Two `predict --report` runs: the rows a relaxed policy changes, and only those (the scenario's rows: the
+    one client of httpbin.foo without a sidecar it expects)."""
     monkeypatch.chdir(tmp_path)
     strict = (REPO / "pytest_istio_mtls/scenarios/03-namespace-strict.yaml").read_text()
     Path("before.yaml").write_text(strict)
@@ -133,9 +135,8 @@ def test_predictions_compare_on_the_oracle_result(tmp_path: Path, monkeypatch: p
     assert code == 1
     assert changes[0] == "namespace-strict:"
     assert changes[1:] == [
-        "  httpbin.legacy->httpbin.foo:8000  refused → plaintext",
-        "  curl.legacy->httpbin.foo:8000     refused → plaintext",
-        "2 rows changed (2 result), 16 unchanged",
+        "  curl.legacy->httpbin.foo:8000  refused → plaintext",
+        "1 row changed (1 result), 6 unchanged",
     ]
 
 

@@ -111,20 +111,20 @@ def test_terminal_predict_report() -> None:
         "            b.ns:80    c.ns:80  d.ns:9000\n"
         "a.ns        mtls       mtls *   ·\n"
         "legacy.old  plaintext  unknown  refused\n"
-        "5 pairs: 2 mtls, 1 plaintext, 1 refused, 1 unknown\n"
+        "5 rows: 2 mtls, 1 plaintext, 1 refused, 1 unknown\n"
         "* the scenario file expects something else"
     )
 
 
 def test_terminal_joins_requests_and_clips_long_lines() -> None:
-    """Rows sharing a cell are joined with ` / ` (naming their request); failure lines stop at 160 characters."""
+    """Rows sharing a cell are stacked, a line each (naming their request); failure lines stop at 160 characters."""
     rows = [
         Row("a.ns", "b.ns", 80, "mtls", "r", "correct", expected="mtls", observed="mtls"),
         Row("a.ns", "b.ns", 80, "mtls", "r", "error", expected="mtls", request="POST /post",
             message="  observed: ERROR: " + "x" * 300),
     ]
     lines = render(Report("local", [ScenarioReport("s", "s.yaml", rows=rows)])).splitlines()
-    assert lines[2] == "a.ns  ✓ mtls / POST /post: ! error (exp mtls)"
+    assert lines[1:4] == ["      b.ns:80", "a.ns  ✓ mtls", "      POST /post: ! error (exp mtls)"]
     assert lines[-1].startswith("  ! a.ns->b.ns:80:POST:/post expected mtls: xxx")
     assert len(lines[-1]) == 160
     assert lines[-1].endswith("x…")
@@ -207,7 +207,7 @@ def test_markdown_predict_cells() -> None:
     """A prediction's Markdown cells show the result, spelling out an expectation that disagrees."""
     md = render_markdown(predict_report())
     assert "| **a.ns** | mtls | mtls (exp plaintext) | · |" in md
-    assert "5 pairs: 2 mtls, 1 plaintext, 1 refused, 1 unknown · 1 disagrees with the scenario files" in md
+    assert "5 rows: 2 mtls, 1 plaintext, 1 refused, 1 unknown · 1 disagrees with the scenario files" in md
 
 
 def test_markdown_stays_under_step_summary_cap() -> None:

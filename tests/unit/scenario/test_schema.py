@@ -81,8 +81,8 @@ def test_a_key_added_to_the_loader_alone_is_named(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(loader, "TOP_KEYS", (*loader.TOP_KEYS, "timeout"))
     monkeypatch.setattr(loader, "HOOK_KEYS", ("name", "command", "expect"), raising=False)
     assert unmatched_key_lists() == [
-        "scenario.TOP_KEYS ['description', 'expect', 'mesh', 'name', 'policies', 'policyFiles', 'steps', 'timeout', "
-        "'topology']: no schema object has exactly these properties; closest: # (missing ['timeout'], extra [])",
+        "scenario.TOP_KEYS ['description', 'expect', 'expectWarnings', 'mesh', 'name', 'policies', 'policyFiles', "
+        "'steps', 'timeout', 'topology']: no schema object has exactly these properties; closest: # (missing ['timeout'], extra [])",
         "scenario.HOOK_KEYS ['command', 'expect', 'name']: no schema object has exactly these properties; "
         "closest: #/$defs/step (missing ['command'], extra ['description', 'policies', 'remove'])",
     ]

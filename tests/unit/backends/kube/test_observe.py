@@ -273,6 +273,36 @@ def test_a_tcp_mtls_row_waits_for_the_servers_late_log_entry_replay() -> None:
     assert logs["tcp-echo.foo"][0][0]["downstream_peer_uri_san"] == "spiffe://cluster.local/ns/foo/sa/curl"
 
 
+def test_a_client_speaking_tls_over_tcp_waits_for_the_servers_late_log_entry() -> None:
+    """A client without a sidecar that presents a mesh certificate on a TCP port: its peer identity is only in the
+    server's entry, written at close; the first CI run of scenario 24 on kind judged it once before it came."""
+    from pytest_istio_mtls.backends.kube.observe import Round
+    from pytest_istio_mtls.backends.kube.probes import Reading
+    from pytest_istio_mtls.model import Request
+
+    tcp = Port("tcp", 9000, 9000, "tcp")
+    echo = Workload("echo", "foo", {"app": "echo"}, "echo", True, (tcp,))
+    pods = {"curl.legacy": PodInfo("curl.legacy", "legacy", "curl-1", "10.244.0.15", True, False, False),
+            "echo.foo": PodInfo("echo.foo", "foo", "echo-1", "10.244.0.12", True, True, True)}
+    server_line = json.dumps({"response_flags": "-", "downstream_remote_address": "10.244.0.15:41000",
+                              "downstream_peer_uri_san": "spiffe://cluster.local/ns/legacy/sa/curl"})
+    reads: list[str] = []
+
+    class LateServer(ReplayKube):
+        def logs(self, namespace: str, pod: str, container: str, since_seconds: int | None = None,
+                 tail_lines: int | None = None) -> str:
+            reads.append(pod)
+            return server_line if reads.count("echo-1") >= 3 else ""  # flushed on the third read
+
+    probe = Probe(CURL_LEGACY, echo, tcp, Request(tls="mesh-cert"), marker="istio-mtls-probe-tls1")
+    observer = Observer(LateServer(), Naming(None), pods, lambda m: None)
+    current = Round([0])
+    current.readings = {0: Reading(None, None, "", True, "hello", 2.0, ("10.244.0.15", 41000))}
+    logs = observer._logs([probe], current, ["echo.foo"], set())
+    assert reads.count("echo-1") == 3
+    assert logs["echo.foo"][0][0]["downstream_peer_uri_san"] == "spiffe://cluster.local/ns/legacy/sa/curl"
+
+
 def test_a_denial_of_a_client_without_sidecar_waits_for_the_servers_late_log_entry_replay() -> None:
     """Seen on kind: the server counted tcp.rbac.denied for a plaintext client, and its access-log entry (which
     names the policy) came after the first read; the run must wait for it, as it does for a peer identity."""
