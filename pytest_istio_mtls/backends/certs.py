@@ -43,6 +43,7 @@ class CertificateAuthority:
         self.root_path = Path()
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o700)  # private; a caller opens it to the proxies' group where they read from it
             self.root_path = directory / "root-cert.pem"
             self.root_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
@@ -85,6 +86,7 @@ class CertificateAuthority:
         """Write this CA as istiod's plugged-in CA (``ROOT_CA_DIR``): istiod then signs workload certificates
         with it, so the run knows the root every identity chains to. The root signs directly here."""
         directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)  # istiod (root) reads the CA key here; nobody else may
         pem = self._cert.public_bytes(serialization.Encoding.PEM)
         for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
             (directory / name).write_bytes(pem)

@@ -9,12 +9,13 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pytest_istio_mtls.backends.base import BackendError
-from pytest_istio_mtls.backends.local.pods import ECHO_SCRIPT
+from pytest_istio_mtls.backends.local.pods import ECHO_SCRIPT, Pod
 from pytest_istio_mtls.judge.observation import Probe
 from pytest_istio_mtls.judge.verdict import decide
 
@@ -57,10 +58,45 @@ def kill(process: subprocess.Popen[bytes] | None) -> None:
     process.wait()
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def kill_sidecar(pod: Pod) -> None:
+    """The whole sidecar dies: on istiod ``pod.envoy`` is pilot-agent, and killing it alone leaves its Envoy
+    serving (the proxy would still answer, which is not the fault under test)."""
+    assert pod.envoy is not None
+    envoys = descendants(pod.envoy.pid)
+    assert envoys or CONTROL_PLANE != "istiod", "pilot-agent has no Envoy child to kill"
+    for pid in envoys:
+        os.kill(pid, signal.SIGKILL)
+    kill(pod.envoy)
+
+    def running() -> list[int]:  # a SIGKILLed process is gone, or a zombie until init reaps it
+        alive = []
+        for pid in envoys:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in ("Z", "X"):
+                alive.append(pid)
+        return alive
+
+    deadline = time.monotonic() + 5
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(), f"Envoy {running()} survived its SIGKILL for 5 s"
+
+
 def test_killed_server_sidecar(lab: Lab) -> None:
     """A dead server proxy makes every probe to it an error (refused-as-expected included)."""
     deploy(lab)
-    kill(lab.backend.pods["httpbin.foo"].envoy)
+    kill_sidecar(lab.backend.pods["httpbin.foo"])
     probed = rerun(lab)
     assert_errors(probed, ["curl.foo->httpbin.foo:8000", "curl.legacy->httpbin.foo:8000",
                            "curl.foo->httpbin.foo:9000"], "the sidecar of httpbin.foo is not running")
@@ -70,7 +106,7 @@ def test_killed_server_sidecar(lab: Lab) -> None:
 def test_applying_policies_to_a_dead_sidecar_fails_at_once(lab: Lab) -> None:
     """A proxy that died is reported by apply() immediately, not after the propagation deadline."""
     deploy(lab)
-    kill(lab.backend.pods["httpbin.foo"].envoy)
+    kill_sidecar(lab.backend.pods["httpbin.foo"])
     with pytest.raises(BackendError, match=re.escape("the sidecar of httpbin.foo is not running")):
         lab.backend.apply(lab.load(STRICT_FOO.replace("STRICT", "PERMISSIVE")))
 
@@ -78,7 +114,7 @@ def test_applying_policies_to_a_dead_sidecar_fails_at_once(lab: Lab) -> None:
 def test_killed_client_sidecar(lab: Lab) -> None:
     """A dead client proxy is an error for that client's probes."""
     deploy(lab)
-    kill(lab.backend.pods["curl.foo"].envoy)
+    kill_sidecar(lab.backend.pods["curl.foo"])
     assert_errors(rerun(lab), ["curl.foo->httpbin.foo:8000"], "the sidecar of curl.foo is not running")
 
 

@@ -54,7 +54,14 @@ def test_builtin_library_passes_with_evidence_for_every_probe(pytester: pytest.P
     for row in rows:
         evidence = row["evidence"]["evidence"]
         proxies = [p for p in (evidence["client_proxy"], evidence["server_proxy"]) if p]
-        assert any(p["stats_delta"] for p in proxies) or row["observed"] == "plaintext", row
+        moved = [name for p in proxies for name, count in p["stats_delta"].items() if count]
+        assert not evidence["faults"] and row["because"], row
+        if row["observed"] == "mtls":  # the server sidecar completed this probe's handshake
+            assert any(name.endswith("ssl.handshake") for name in evidence["server_proxy"]["stats_delta"]), row
+        if row["observed"] == "denied":  # a sidecar's RBAC filter said no
+            assert any("rbac" in name and "denied" in name for name in moved), row
+        if row["observed"] in ("refused", "unavailable"):  # a sidecar counted what it refused
+            assert moved, row
         if row["observed"] in ("mtls", "plaintext"):
             assert evidence["capture"]["flow"], row
             assert evidence["capture"]["pcap"], row

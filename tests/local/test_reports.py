@@ -37,8 +37,9 @@ def test_junit_is_short_and_groups_by_file_and_scenario(scenarios: pytest.Pytest
         properties = {p.get("name"): p.get("value") or "" for p in case.iter("property")}
         seen.append((case.get("classname"), case.get("name"), properties["istio_observed"]))
         assert set(properties) == {"istio_expected", "istio_predicted", "istio_observed", "istio_evidence",
-                                   "istio_capture"}
-        assert sum(len(value) for value in properties.values()) < 300
+                                   "istio_capture", "istio_batch_seconds", "istio_batch_rows", "istio_batch_phases"}
+        assert float(properties["istio_batch_seconds"]) > 0 and int(properties["istio_batch_rows"]) >= 1
+        assert sum(len(value) for value in properties.values()) < 400
         page, _, anchor = properties["istio_evidence"].partition("#")
         assert page == "report/report.html" and f'<details id="{anchor}"' in html
         assert (ci / properties["istio_capture"]).is_file()

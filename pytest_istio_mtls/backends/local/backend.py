@@ -81,6 +81,9 @@ class LocalBackend(Probing):
             "link set lo up\nlink add br0 type bridge\nlink set br0 up\n"
             f"addr add {BRIDGE_IP}/16 dev br0\n"))
         self.ca = CertificateAuthority(self.state.directory / "certs")
+        # The emulated control plane's Envoys (uid 1337) read their certificate, key and root here: group only.
+        os.chown(self.state.directory / "certs", 0, envoy.PROXY_UID)
+        (self.state.directory / "certs").chmod(0o750)
         self.credentials = ClientCredentials(self.ca, self.state.directory / "client-certs")
         self.capture = PacketCapture(self.hub)
         self.progress(f"local backend: run {self.state.run_id}, Envoy {self.envoy_version}, state in "

@@ -79,6 +79,7 @@ class ClusterCertificates:
         import ipaddress
 
         directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)  # the API server's keys and the service-account signing key: root only
         self.directory = directory
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pytest-istio-mtls cluster CA")]), ca_key,
@@ -157,6 +158,7 @@ class ControlPlane:
     def start(self, mesh: MeshSettings, ca_directory: Path) -> Kube:
         started = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o700)  # etcd's data, the API server's PKI, istiod's files: root only
         self.certs = ClusterCertificates(self.directory / "pki", self.hub_ip)
         self._start_etcd()
         self._start_apiserver()
@@ -218,7 +220,10 @@ class ControlPlane:
         self.processes["kube-apiserver"] = self.spawn([
             str(self.build.kube_apiserver),
             f"--etcd-servers=http://{ETCD_CLIENT[0]}:{ETCD_CLIENT[1]}",
-            "--bind-address=0.0.0.0", f"--secure-port={APISERVER_PORT}", f"--advertise-address={self.hub_ip}",
+            # The hub's loopback only, nobody anonymous: pods never need the API server (their pilot-agents talk
+            # to istiod), and the plugin reaches it through its relay with the admin certificate.
+            "--bind-address=127.0.0.1", "--anonymous-auth=false", f"--secure-port={APISERVER_PORT}",
+            f"--advertise-address={self.hub_ip}",
             f"--tls-cert-file={certs.serving_cert}", f"--tls-private-key-file={certs.serving_key}",
             f"--client-ca-file={certs.ca}", "--authorization-mode=Node,RBAC",
             f"--service-account-issuer={SA_ISSUER}", f"--service-account-key-file={certs.sa_pub}",
@@ -311,8 +316,10 @@ class ControlPlane:
         self.processes["istiod"] = self.spawn([
             str(self.build.pilot_discovery), "discovery", f"--kubeconfig={kubeconfig}",
             f"--meshConfig={mesh_file}", f"--httpAddr={ISTIOD_DEBUG[0]}:{ISTIOD_DEBUG[1]}",
-            "--grpcAddr=:15010", f"--secureGRPCAddr=:{ISTIOD_XDS_PORT}", "--monitoringAddr=127.0.0.1:15014",
-            "--httpsAddr=:15017", "--domain=cluster.local", "--clusterID=Kubernetes",
+            # Pods reach only the mTLS xDS port (and the CA on it); plaintext xDS and the webhook port stay on the
+            # hub's loopback (docs/real-istio.md: what a run exposes, to whom).
+            "--grpcAddr=127.0.0.1:15010", f"--secureGRPCAddr=:{ISTIOD_XDS_PORT}", "--monitoringAddr=127.0.0.1:15014",
+            "--httpsAddr=127.0.0.1:15017", "--domain=cluster.local", "--clusterID=Kubernetes",
             "--log_output_level=default:info",
         ], self._log("istiod"), env)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from ...judge import accesslog
 from ...judge.observation import Probe
 from ...oracle import mtls
+from ..kube.diagnostics import cluster_summary, inbound_summary
+from . import prober
 from .pods import LocalRun, Pod
 
 
@@ -57,6 +60,9 @@ class AccessLogs(LocalRun):
 
 
     def diagnostics(self, probes: Sequence[Probe]) -> dict[str, str]:
+        """Policies in force, what the sidecars really have (on istiod: Envoy's own config_dump; on the emulated
+        control plane the config is written from the oracle's decisions, and says so), the oracle's prediction
+        labelled as one, and each sidecar's last log lines."""
         sections: dict[str, str] = {}
         scenario = self.scenario
         if scenario is not None:
@@ -67,9 +73,13 @@ class AccessLogs(LocalRun):
                 client = (mtls.tls_client_decision(scenario, probe.source, probe.target, probe.port,
                                                         probe.request.tls) if probe.request.tls else
                           mtls.client_decision(scenario, probe.source, probe.target, probe.port))
-                lines.append(f"{probe.pair}: server port {probe.port.target_port} configured "
-                             f"{server.mode or 'without sidecar'}; client configured to send {client.sends}")
-            sections["sidecar configuration"] = "\n".join(lines)
+                lines.append(f"{probe.pair}: server port {probe.port.target_port} "
+                             f"{server.mode or 'without sidecar'}; client sends {client.sends}")
+            if self.istiod is not None:
+                sections["sidecar configuration (Envoy's config_dump)"] = self._envoy_config(probes)
+                sections["oracle prediction (not evidence)"] = "\n".join(lines)
+            else:
+                sections["sidecar configuration (emulated: written from the oracle's decisions)"] = "\n".join(lines)
         for ref in sorted({p.source.ref for p in probes} | {p.target.ref for p in probes}):
             pod = self.pods.get(ref)
             if pod is None or pod.envoy is None:
@@ -82,3 +92,32 @@ class AccessLogs(LocalRun):
         return sections
 
 
+
+    def _envoy_config(self, probes: Sequence[Probe]) -> str:
+        """Per probe, what the server sidecar's inbound listener and the client sidecar's outbound cluster hold."""
+        lines: list[str] = []
+        for probe in probes:
+            lines.append(f"{probe.pair}:")
+            server, client = self.pods.get(probe.target.ref), self.pods.get(probe.source.ref)
+            if server is not None and server.workload.sidecar:
+                dump, error = _dump(server, LISTENERS)
+                text = error or inbound_summary(dump, probe.port.target_port)
+                lines += [f"  server {server.ref} {line}" for line in text.splitlines()]
+            if client is not None and client.workload.sidecar and not probe.port.pod:
+                dump, error = _dump(client, CLUSTERS)
+                text = error or cluster_summary(dump, f"outbound|{probe.port.port}|{probe.port.subset}|"
+                                                      f"{probe.target.host}")
+                lines += [f"  client {client.ref} {line}" for line in text.splitlines()]
+        return "\n".join(lines)
+
+
+LISTENERS = "/config_dump?resource=dynamic_listeners"
+CLUSTERS = "/config_dump?resource=dynamic_active_clusters"
+
+
+def _dump(pod: Pod, resource: str) -> tuple[Any, str]:
+    """The sidecar's config_dump of ``resource``, or why it could not be read."""
+    try:
+        return json.loads(prober.admin(pod.netns, resource, 5.0)), ""
+    except (OSError, ValueError) as exc:
+        return None, f"config_dump unavailable ({exc})"

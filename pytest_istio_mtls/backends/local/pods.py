@@ -149,6 +149,10 @@ class Pods(LocalRun):
         for index, workload in enumerate(topology.workloads):
             directory = self.state.directory / "pods" / workload.ref
             directory.mkdir(parents=True, exist_ok=True)
+            # The pod's istio-proxy filesystem (SDS socket, token, certificates) and logs: root and the proxy's
+            # uid only. Istio makes the SDS socket 0666; this directory is what keeps other users from it.
+            os.chown(directory, envoy.PROXY_UID, envoy.PROXY_UID)
+            directory.chmod(0o700)
             # Interfaces of a removed topology vanish asynchronously: never reuse their names.
             veth = f"v{run_id}{self._generation:02x}{index:02x}"
             pods.append(Pod(workload, f"{PREFIX}-{run_id}-{workload.ref}", veth, POD_NET.format(10 + index),
@@ -309,7 +313,7 @@ class Pods(LocalRun):
         pids = [p for pod in self.pods.values() for p in (pod.envoy, pod.app) if p is not None]
         proxies = [f"{pod.directory / 'proxy'}/" for pod in self.pods.values() if pod.agent_log is not None]
         orphans = processes_mentioning(*proxies) if proxies else []
-        stop_processes([p.pid for p in pids] + orphans, self.state.run_id)
+        stop_processes([p.pid for p in pids] + orphans, self.state.run_id, starts=self.state.starts)
         if self.istiod is not None:
             self.istiod.unregister()
         if self.capture is not None:
@@ -323,6 +327,7 @@ class Pods(LocalRun):
         self.state.netns = [n for n in self.state.netns if n == self.hub]
         self.state.etc_dirs = [d for d in self.state.etc_dirs if d.endswith(self.hub)]
         self.state.pids = [p for p in self.state.pids if p not in {x.pid for x in pids}]
+        self.state.starts = {pid: start for pid, start in self.state.starts.items() if int(pid) in self.state.pids}
         self.state.save()
         self.pods = {}
         self.signature = None

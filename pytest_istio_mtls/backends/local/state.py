@@ -1,9 +1,11 @@
 """What a local run created, recorded *before* creating it, so teardown and later sweeps miss nothing.
 
-Each run owns ``/run/pytest-istio-mtls/<run-id>/`` (tmpfs, root-only): a ``state.json`` listing its
-network namespaces, /etc/netns directories and processes, plus certificates, keys, Envoy configs
-and logs. Teardown walks the record in reverse; a run whose owner process is gone (killed -9,
-crashed) is swept by the next run. Kept runs (``--istio-keep``) are left alone until
+Each run owns ``/run/pytest-istio-mtls/<run-id>/`` (tmpfs): a ``state.json`` listing its network namespaces,
+/etc/netns directories and processes, plus certificates, keys, Envoy configs and logs. The state root and each
+run directory are root's and 0711 (the proxies' uid traverses to its own pod directory, which is 0700 and theirs;
+everything else below is root's and private). A state root that others own or may write is refused: its
+``state.json`` files drive root's teardown. Teardown walks the record in reverse; a run whose owner process is
+gone (killed -9, crashed) is swept by the next run. Kept runs (``--istio-keep``) are left alone until
 ``pytest-istio-mtls cleanup``.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ...model.diagnostics import plural
+from ..base import BackendUnavailable
 from .system import NETNS_DIR, cmdline, pid_alive
 
 STATE_ROOT = Path(os.environ.get("ISTIO_MTLS_LOCAL_STATE", "/run/pytest-istio-mtls"))
@@ -36,6 +39,7 @@ class RunState:
     netns: list[str] = field(default_factory=list)
     etc_dirs: list[str] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
+    starts: dict[str, int] = field(default_factory=dict)  # pid → its start time (clock ticks): pids get reused
 
     @property
     def directory(self) -> Path:
@@ -54,45 +58,104 @@ class RunState:
 
     def add_pid(self, pid: int) -> None:
         self.pids.append(pid)
+        started = start_time(pid)
+        if started is not None:
+            self.starts[str(pid)] = started
         self.save()
 
     @classmethod
     def load(cls, directory: Path) -> RunState | None:
         try:
             data = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-            return cls(**data)
-        except (OSError, ValueError, TypeError):
+            # Keys of another version of the plugin are left out, never a reason to call the record unreadable
+            # (an unreadable run directory is removed by the sweep).
+            return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
 
 
+def trusted_root() -> None:
+    """Refuse a state root (``$ISTIO_MTLS_LOCAL_STATE``) that is not root's own and private: a planted
+    ``state.json`` there would name what root tears down (``rmtree``, ``kill``)."""
+    for directory in (STATE_ROOT, *STATE_ROOT.parents):
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            continue
+        own = directory == STATE_ROOT
+        writable = info.st_mode & 0o022 and not (info.st_mode & 0o1000 and not own)  # a sticky /tmp may hold it
+        if info.st_uid != 0 or writable:
+            raise BackendUnavailable(
+                f"the local backend's state directory {STATE_ROOT} is not safe: {directory} is owned by uid "
+                f"{info.st_uid} with mode {info.st_mode & 0o7777:o}, so another user could plant the state that root "
+                f"tears down; fix: use a root-owned directory no one else may write (chmod go-w), or unset "
+                f"ISTIO_MTLS_LOCAL_STATE for the default /run/pytest-istio-mtls")
+
+
 def new_run() -> RunState:
+    trusted_root()
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
     STATE_ROOT.chmod(0o711)  # the proxies (uid 1337) traverse it to their config; nobody may list it
     state = RunState(run_id=secrets.token_hex(3), owner_pid=os.getpid())
     # Appears complete or not at all: a concurrent run's sweep must never see the directory without its
     # state.json (it would remove it as unreadable), so it is written under a staging name first.
     staging = STATE_ROOT / f".new-{state.run_id}"
-    staging.mkdir(mode=0o711)  # the proxy (uid 1337) must traverse it to read its config
+    staging.mkdir(mode=0o711)  # the proxy (uid 1337) must traverse it to its pod's directory (0700, its own)
     (staging / "state.json").write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
     staging.rename(state.directory)
     return state
 
 
-def _ours(pid: int, run_id: str) -> bool:
-    """Only signal a pid whose command line carries our run id (pids get reused)."""
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22); None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead grandchild waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _ours(pid: int, run_id: str, starts: dict[str, int]) -> bool:
+    """A recorded process is ours while it is the one that started then (pilot-agent's command line names no run);
+    any other only when its command line carries our run id (pids get reused)."""
+    if str(pid) in starts:
+        return pid_alive(pid) and start_time(pid) == starts[str(pid)]
     return pid_alive(pid) and run_id in cmdline(pid)
 
 
-def stop_processes(pids: list[int], run_id: str, grace: float = 2.0) -> None:
-    alive = [p for p in pids if _ours(p, run_id)]
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (an Envoy that pilot-agent started, its helpers)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in (task / "children").read_text().split():
+                    found += [int(child), *descendants(int(child))]
+    return found
+
+
+def stop_processes(pids: list[int], run_id: str, grace: float = 2.0, starts: dict[str, int] | None = None) -> None:
+    """SIGTERM the run's processes and everything they started, then SIGKILL what is left after ``grace``."""
+    mine = [p for p in pids if _ours(p, run_id, starts or {})]
+    alive = list(dict.fromkeys([*mine, *(child for p in mine for child in descendants(p))]))
     for pid in alive:
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while alive and time.monotonic() < deadline:
         for pid in list(alive):
             with contextlib.suppress(ChildProcessError):  # reap our own children only
                 os.waitpid(pid, os.WNOHANG)
-            if not pid_alive(pid) or run_id not in cmdline(pid):
+            if not _running(pid):
                 alive.remove(pid)
         time.sleep(0.01)
     for pid in alive:
@@ -125,7 +188,7 @@ def processes_mentioning(*texts: str) -> list[int]:
 def teardown(state: RunState) -> list[str]:
     """Remove everything the run recorded, in reverse order of creation; return what could not go."""
     problems: list[str] = []
-    stop_processes(sorted(set(state.pids) | set(tagged_processes(state.run_id))), state.run_id)
+    stop_processes(sorted(set(state.pids) | set(tagged_processes(state.run_id))), state.run_id, starts=state.starts)
     for name in reversed(state.netns):
         if os.path.exists(os.path.join(NETNS_DIR, name)):
             done = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True, check=False)
@@ -154,6 +217,7 @@ def sweep(*, include_kept: bool = False, only: str | None = None) -> list[str]:
     """Tear down runs whose owner is gone (and kept runs when asked); return one line per run removed."""
     removed: list[str] = []
     known: set[str] = set()
+    trusted_root()
     if STATE_ROOT.is_dir():
         for directory in sorted(STATE_ROOT.iterdir()):
             if directory.name.startswith(".new-"):  # another run being created right now (or long dead)

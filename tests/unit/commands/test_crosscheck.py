@@ -224,3 +224,14 @@ def test_the_command_is_listed_with_its_options(capsys: pytest.CaptureFixture[st
                    "--max-error-rate FRACTION"):
         assert option in out
     assert "Exit codes: 0 no disagreement, 1 a disagreement" in " ".join(out.split())
+
+
+def test_the_summary_lists_every_error_not_the_first_five(tmp_path: Path) -> None:
+    """An error is a row nobody observed: CI allows none, and the summary names each one."""
+    check = runner.Crosscheck(Settings(), 1, 1, None, lambda line: None)
+    for number in range(7):
+        check._note_error(f"row {number}: no access log")
+    summary = check.summary()
+    assert summary["error_examples"] == [f"row {number}: no access log" for number in range(7)]
+    assert [line for line in runner.render(summary) if line.startswith("  error:")] == [
+        f"  error: row {number}: no access log" for number in range(7)]

@@ -214,7 +214,11 @@ def test_every_earlier_scenario_file_loads_as_before() -> None:
     for path in sorted(BUILTIN.parent.glob("*.yaml")):
         scenario = load_scenario(path)
         assert (scenario.step, bool(scenario.steps)) == ("", path == BUILTIN)
-        assert scenario.states() == ((scenario,) if path != BUILTIN else scenario.states())
+        if path != BUILTIN:
+            assert scenario.states() == (scenario,)
+        else:  # one state per step, each the scenario at that step
+            assert scenario.states() == tuple(scenario.at(step) for step in scenario.steps)
+            assert [s.step for s in scenario.states()] == [step.name for step in scenario.steps]
 
 
 # --------------------------------------------------------------------------- pytest items

@@ -92,3 +92,69 @@ def test_a_run_that_starts_during_a_sweep_keeps_its_namespaces(root: Path, tmp_p
     orphan.touch()
     assert state.sweep() == [f"orphan network namespace {orphan.name}"]
     assert deleted == [orphan.name]
+
+
+@pytest.mark.parametrize(("mode", "owner"), [(0o777, 0), (0o733, 0), (0o711, 65534)])
+def test_a_state_root_others_may_write_or_own_is_refused_with_the_fix(root: Path, mode: int, owner: int) -> None:
+    """A planted state.json would drive root's rmtree and kill: the root must be root's own and private."""
+    root.mkdir()
+    root.chmod(mode)
+    os.chown(root, owner, owner)
+    with pytest.raises(state.BackendUnavailable) as caught:
+        state.sweep()
+    assert f"the local backend's state directory {root} is not safe: {root} is owned by uid {owner} with mode " \
+           f"{mode:o}" in str(caught.value)
+    assert "fix: use a root-owned directory no one else may write" in str(caught.value)
+    with pytest.raises(state.BackendUnavailable):
+        state.new_run()
+
+
+def test_a_private_root_owned_state_root_is_used(root: Path) -> None:
+    root.mkdir(mode=0o711)
+    created = state.new_run()
+    assert created.directory.parent == root and state.RunState.load(created.directory) == created
+
+
+def test_teardown_stops_a_recorded_process_whose_command_line_names_no_run(root: Path) -> None:
+    """pilot-agent's command line has no run id: teardown must stop it (and what it started) from the record."""
+    import subprocess
+
+    root.mkdir(mode=0o711)
+    run = state.new_run()
+    agent = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])  # an 'agent' with a child, like pilot-agent's Envoy
+    deadline = time.monotonic() + 5
+    while not state.descendants(agent.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child = state.descendants(agent.pid)[0]
+    run.add_pid(agent.pid)
+    state.teardown(run)
+    assert agent.poll() is not None and not state._running(child)
+
+
+def test_a_reused_pid_is_never_signalled(root: Path) -> None:
+    import subprocess
+
+    root.mkdir(mode=0o711)
+    run = state.new_run()
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        run.add_pid(stranger.pid)
+        run.starts[str(stranger.pid)] -= 1  # the recorded process started earlier: this pid is someone else's now
+        state.teardown(run)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_record_from_another_version_is_read_not_swept(root: Path) -> None:
+    """A newer plugin's extra keys must not make an older-format reader call a live run's record unreadable."""
+    import json
+
+    root.mkdir(mode=0o711)
+    run = state.new_run()
+    data = json.loads((run.directory / "state.json").read_text())
+    (run.directory / "state.json").write_text(json.dumps({**data, "from_a_later_version": [1, 2]}))
+    assert state.RunState.load(run.directory) == run
+    state.sweep()  # the owner (this process) is alive: nothing to sweep
+    assert run.directory.is_dir()
