@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_istio_mtls.backends.base import BackendError
+from pytest_istio_mtls.backends.local import state
 from pytest_istio_mtls.backends.local.pods import ECHO_SCRIPT, Pod
 from pytest_istio_mtls.judge.observation import Probe
 from pytest_istio_mtls.judge.verdict import decide
@@ -58,34 +59,18 @@ def kill(process: subprocess.Popen[bytes] | None) -> None:
     process.wait()
 
 
-def descendants(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
-
-
 def kill_sidecar(pod: Pod) -> None:
     """The whole sidecar dies: on istiod ``pod.envoy`` is pilot-agent, and killing it alone leaves its Envoy
     serving (the proxy would still answer, which is not the fault under test)."""
     assert pod.envoy is not None
-    envoys = descendants(pod.envoy.pid)
+    envoys = state.descendants(pod.envoy.pid)
     assert envoys or CONTROL_PLANE != "istiod", "pilot-agent has no Envoy child to kill"
     for pid in envoys:
         os.kill(pid, signal.SIGKILL)
     kill(pod.envoy)
 
     def running() -> list[int]:  # a SIGKILLed process is gone, or a zombie until init reaps it
-        alive = []
-        for pid in envoys:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state not in ("Z", "X"):
-                alive.append(pid)
-        return alive
+        return [pid for pid in envoys if state._running(pid)]
 
     deadline = time.monotonic() + 5
     while running() and time.monotonic() < deadline:

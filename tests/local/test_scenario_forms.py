@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_istio_mtls.backends.kube.propagation import poll
 from pytest_istio_mtls.backends.kube.routing import cluster_hosts
 from pytest_istio_mtls.backends.local import LocalBackend, prober
-from pytest_istio_mtls.backends.local.system import poll
 from pytest_istio_mtls.model import Scenario
 from pytest_istio_mtls.oracle import mtls
 

@@ -163,12 +163,11 @@ class KubeBackend:
         router = routing.Router(kube, self.naming, self.topology, lambda: self.pods, self._generations(),
                                 self._sidecar_namespaces(), self.settings.timeout, self.progress)
         observations: dict[int, Observation] = {}
+        self.pods = current_pods(kube, self.topology.workloads, self.naming)  # routing changes no pod
+        observer = Observer(kube, self.naming, self.pods, self.progress, pcaps, self.access_logs, self.credentials)
         try:
             for group in routing.order(probes):
                 router.route(probes[group[0]])
-                self.pods = current_pods(kube, self.topology.workloads, self.naming)
-                observer = Observer(kube, self.naming, self.pods, self.progress, pcaps, self.access_logs,
-                                    self.credentials)
                 observations.update(zip(group, observer.observe([probes[i] for i in group]), strict=True))
         finally:
             router.reset()

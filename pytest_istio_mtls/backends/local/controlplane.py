@@ -31,10 +31,9 @@ from ...judge.accesslog import FORMAT
 from ...model import MeshSettings
 from ..base import BackendError
 from ..kube.client import Kube
-from ..kube.propagation import parse_configz
+from ..kube.propagation import parse_configz, poll
 from . import prober
 from .relay import Relay
-from .system import poll
 
 ETCD_CLIENT = ("127.0.0.1", 2379)
 APISERVER_PORT = 6443

@@ -31,10 +31,9 @@ from ..kube.apply import Applied, Applier
 from ..kube.client import Kube
 from ..kube.manifests import fresh_connection_filters, service
 from ..kube.naming import Naming
-from ..kube.propagation import marker, served_generation
+from ..kube.propagation import marker, poll, served_generation
 from . import agent, kubelet, prober
 from .controlplane import NODE, ControlPlane, Spawn
-from .system import poll
 
 NACK_SETTLE_S = 2.0  # istiod pushes within its 100 ms debounce: a rejection still the latest after this is final
 LISTENERS = "/config_dump?resource=dynamic_listeners"

@@ -24,10 +24,11 @@ from ..base import BackendError
 from ..kube.client import Kube
 from ..kube.manifests import subset_route
 from ..kube.naming import Naming
+from ..kube.propagation import poll
 from ..kube.routing import cluster_hosts
 from . import kubelet, prober
 from .controlplane import NODE
-from .system import poll, run
+from .system import run
 
 State = tuple[str, str]  # (the workload ref that answers, "" for every workload; the subset, "" for none)
 DEFAULT: State = ("", "")

@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -163,17 +162,3 @@ def iptables_backend() -> str:
     """'nft' or 'legacy': which iptables this machine's iptables-restore drives. Istio's istio-iptables
     must use the same one, or its rules and ours land in different tables and ours run first."""
     return "nft" if "nf_tables" in run(["iptables-restore", "--version"]) else "legacy"
-
-
-def poll(check: Callable[[], str], timeout: float, interval: float) -> str:
-    """Call ``check`` ('' when done, else what is still pending) until it is done or ``timeout`` passes.
-
-    Returns '' when done, else the last pending text, for the caller's error message. Exceptions from
-    ``check`` (a dead process, a rejected configuration) end the wait at once.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        pending = check()
-        if not pending or time.monotonic() >= deadline:
-            return pending
-        time.sleep(interval)
